@@ -1,0 +1,46 @@
+"""Sets of choices shared by the config schema and the CLI (each defined exactly once)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Compression(str, Enum):
+    """Chunk compression for written volumes."""
+
+    gzip = "gzip"
+    zstd = "zstd"
+    lz4 = "lz4"
+    none = "none"
+
+
+class Precision(str, Enum):
+    """Numeric precision of training/inference (upstream Lightning spelling)."""
+
+    fp32 = "32"
+    fp16_mixed = "16-mixed"
+    bf16_mixed = "bf16-mixed"
+
+
+class OutputDtype(str, Enum):
+    """Dtype of written predictions; uint8 stores probabilities quantised to 0..255."""
+
+    float16 = "float16"
+    float32 = "float32"
+    uint8 = "uint8"
+
+
+class DecodeMethod(str, Enum):
+    """Prediction → instance decoders."""
+
+    threshold = "threshold"
+    bc_watershed = "bc-watershed"
+    affinity_waterz = "affinity-waterz"
+    mutex_watershed = "mutex-watershed"
+
+
+class EvalTask(str, Enum):
+    """Kind of evaluation."""
+
+    semantic = "semantic"
+    instance = "instance"

@@ -1,0 +1,103 @@
+"""The ``pytc`` command line.
+
+Each sub-command lives in its own file under ``commands/`` (installed as ``pytc.commands``) and
+only parses arguments, calls one library function and renders the result. This module wires them
+together and turns :class:`~pytc.errors.PytcError` into one red line and exit code 2.
+
+Start-up time is part of the product: nothing here (or in ``commands/`` at import time) imports
+torch, monai, accelerate or zarr; those are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from pytc import __version__
+from pytc.errors import PytcError
+
+
+def _debug_enabled(ctx: click.Context) -> bool:
+    obj = ctx.find_root().obj
+    return bool((isinstance(obj, dict) and obj.get("debug")) or os.environ.get("PYTC_DEBUG"))
+
+
+def print_error(err: BaseException) -> None:
+    """Print a user error as one red line on stderr."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True).print(Text(f"Error: {err}", style="bold red"))
+
+
+class _PytcGroup(TyperGroup):
+    """Group that converts user errors into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PytcError as err:
+            if _debug_enabled(ctx):
+                raise
+            print_error(err)
+            ctx.exit(err.exit_code)
+
+
+app = typer.Typer(
+    name="pytc",
+    cls=_PytcGroup,
+    help="pytc — deep-learning segmentation of 3D electron-microscopy volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"pytc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """pytc — deep-learning segmentation of 3D electron-microscopy volumes."""
+    ctx.obj = {"debug": debug}
+
+
+def _register() -> None:
+    # Imported here (not at the top) only to keep the list of commands in one place.
+    from pytc.commands import config as config_cmd
+    from pytc.commands import convert as convert_cmd
+    from pytc.commands import info as info_cmd
+    from pytc.commands import list_archs as list_archs_cmd
+
+    app.command("convert")(convert_cmd.convert)
+    app.command("info")(info_cmd.info)
+    app.command("list-archs")(list_archs_cmd.list_archs)
+    app.add_typer(config_cmd.app, name="config", cls=_PytcGroup)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``pytc``)."""
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="pytc")
+
+
+if __name__ == "__main__":  # `python -m pytc.cli ...` (e.g. under `accelerate launch -m`)
+    main()

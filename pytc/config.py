@@ -1,0 +1,504 @@
+"""Strict, validated configuration.
+
+A config is YAML with one section per concern (system, model, data, optimizer, scheduler, training,
+checkpoint, early_stopping, logging, inference, decoding, evaluation). Every section is a pydantic
+model with ``extra="forbid"``: a misspelt key is an error with a did-you-mean suggestion, never
+silently ignored. Each field has its default and a one-line description here, and only here; the
+JSON Schema (``pytc config schema``) and the README reference are generated from it.
+
+Loading (:func:`load_config`), lowest to highest precedence:
+  1. the ``_base_`` chain (``_base_: other.yaml`` or a list; paths relative to the file),
+  2. the file itself,
+  3. environment variables ``PYTC_<SECTION>__<KEY>`` (e.g. ``PYTC_DATA__BATCH_SIZE=4``),
+  4. dotted CLI overrides (``data.batch_size=8 model.filters=[16,32,64]``), parsed as YAML values.
+
+Example:
+    >>> from pytc.config import load_config
+    >>> cfg = load_config("configs/lucchi.yaml", ["data.batch_size=4"])  # doctest: +SKIP
+    >>> cfg.data.batch_size  # doctest: +SKIP
+    4
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pytc.choices import Compression, DecodeMethod, EvalTask, OutputDtype, Precision
+from pytc.errors import ConfigError
+
+ENV_PREFIX = "PYTC_"
+ENV_DELIMITER = "__"
+BASE_KEY = "_base_"
+
+
+class _Section(BaseModel):
+    # forbid: typos are errors; validate_assignment: `cfg.data.batch_size = "x"` is checked too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+
+
+PathList = Union[str, list[str]]
+
+
+class SystemConfig(_Section):
+    """Hardware, reproducibility and where a run writes."""
+
+    num_gpus: Optional[int] = Field(None, ge=0, description="GPUs to use; null = all visible, 0 = CPU only.")
+    num_cpus: int = Field(4, ge=0, description="CPU threads for torch and data loading helpers.")
+    seed: int = Field(42, description="Random seed for weights, sampling and augmentation.")
+    output_dir: str = Field("runs/pytc", description="Run directory: resolved config, checkpoints, logs.")
+
+
+class ModelConfig(_Section):
+    """Network architecture (see `pytc list-archs`) and its loss."""
+
+    architecture: str = Field("monai_basic_unet3d", description="Registered architecture name (`pytc list-archs`).")
+    in_channels: int = Field(1, ge=1, description="Input channels (1 for grayscale EM).")
+    out_channels: int = Field(1, ge=1, description="Output channels; must equal the channels of all targets.")
+    spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2 or 3; null = number of entries in data.patch_size.")
+    input_size: Optional[list[int]] = Field(
+        None, description="Patch size the network is built for (UNETR/SwinUNETR); null = data.patch_size."
+    )
+    filters: list[int] = Field(
+        [32, 32, 64, 128, 256], min_length=2, description="Feature channels per level (U-Nets), coarsest last."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
+    deep_supervision: bool = Field(False, description="Return multi-scale outputs (MedNeXt) and supervise each.")
+    feature_size: Optional[int] = Field(
+        None, ge=1, description="UNETR/SwinUNETR embedding features; null = the network's default (16 / 24)."
+    )
+    hidden_size: int = Field(768, ge=1, description="UNETR transformer hidden size.")
+    mlp_dim: int = Field(3072, ge=1, description="UNETR transformer MLP size.")
+    num_heads: int = Field(12, ge=1, description="UNETR attention heads.")
+    mednext_size: Literal["S", "B", "M", "L"] = Field("S", description="MedNeXt preset: S 5.6M, B 10.5M, M 17.6M, L 61.8M params.")
+    mednext_kernel_size: Literal[3, 5, 7] = Field(3, description="MedNeXt convolution kernel size.")
+    mednext_base_channels: int = Field(32, ge=1, description="mednext_custom: channels of the first stage.")
+    mednext_exp_r: Union[int, list[int]] = Field(
+        2, description="mednext_custom: expansion ratio, one value or 9 (4 encoder, bottleneck, 4 decoder)."
+    )
+    mednext_block_counts: list[int] = Field(
+        [2, 2, 2, 2, 2, 2, 2, 2, 2], min_length=9, max_length=9,
+        description="mednext_custom: blocks per stage (4 encoder, bottleneck, 4 decoder).",
+    )
+    mednext_grn: bool = Field(False, description="mednext_custom: use Global Response Normalisation.")
+    loss_functions: list[str] = Field(
+        ["DiceLoss", "BCEWithLogitsLoss"], min_length=1, description="Losses summed during training."
+    )
+    loss_weights: list[float] = Field([1.0, 1.0], description="One weight per loss in loss_functions.")
+
+    @model_validator(mode="after")
+    def _weights_match_losses(self) -> "ModelConfig":
+        if len(self.loss_weights) != len(self.loss_functions):
+            raise ValueError(
+                f"loss_weights has {len(self.loss_weights)} entries but loss_functions has "
+                f"{len(self.loss_functions)}; give one weight per loss"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    """Training/validation volumes (any format `pytc info` reads) and patch sampling."""
+
+    train_image: Optional[PathList] = Field(None, description="Training image volume(s), e.g. train.h5:raw.")
+    train_label: Optional[PathList] = Field(None, description="Training label volume(s), one per image.")
+    train_mask: Optional[PathList] = Field(None, description="Optional valid-voxel mask(s), one per image.")
+    val_image: Optional[PathList] = Field(None, description="Validation image volume(s); null = none.")
+    val_label: Optional[PathList] = Field(None, description="Validation label volume(s), one per image.")
+    patch_size: list[int] = Field(
+        [64, 128, 128], min_length=2, max_length=3, description="Training patch (Z, Y, X) or (Y, X) for 2D."
+    )
+    batch_size: int = Field(2, ge=1, description="Patches per step per process.")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    persistent_workers: bool = Field(True, description="Keep workers alive between epochs.")
+    pin_memory: bool = Field(True, description="Pin host memory for faster GPU transfer.")
+    use_cache: bool = Field(True, description="Cache volumes in memory when they fit cache_budget_gb.")
+    cache_budget_gb: float = Field(4.0, ge=0, description="Volumes larger than this are read lazily from disk.")
+    normalize: Literal["unit", "zscore", "none"] = Field(
+        "unit", description="Input normalisation: unit = scale integer range to [0,1]; zscore = per volume."
+    )
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(s < 1 for s in v):
+            raise ValueError(f"patch sizes must be positive, got {v}")
+        return v
+
+
+class OptimizerConfig(_Section):
+    """Optimizer."""
+
+    name: Literal["AdamW", "Adam", "SGD"] = Field("AdamW", description="Optimizer.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay.")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2, description="Adam/AdamW betas.")
+
+
+class SchedulerConfig(_Section):
+    """Learning-rate schedule (epochs are training.iters_per_epoch steps)."""
+
+    name: Literal["CosineAnnealingLR", "constant", "StepLR", "ReduceLROnPlateau"] = Field(
+        "CosineAnnealingLR", description="Schedule; MedNeXt recommends constant."
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up from 0 to optimizer.lr.")
+    min_lr: float = Field(1e-6, ge=0, description="Floor of the cosine schedule.")
+    step_size: int = Field(30, ge=1, description="StepLR: epochs between decays.")
+    gamma: float = Field(0.1, gt=0, description="StepLR / ReduceLROnPlateau decay factor.")
+    patience: int = Field(10, ge=0, description="ReduceLROnPlateau: validations without improvement.")
+
+
+class TrainingConfig(_Section):
+    """The training loop."""
+
+    max_epochs: int = Field(100, ge=1, description="Epochs to train (ignored when max_steps is set).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps to train; overrides max_epochs.")
+    iters_per_epoch: int = Field(100, ge=1, description="Optimizer steps per epoch (patches are sampled randomly).")
+    precision: Precision = Field(
+        Precision.fp32, description="32, 16-mixed or bf16-mixed; CPUs without native bf16 fall back to 32."
+    )
+    accumulate_grad_batches: int = Field(1, ge=1, description="Batches per optimizer step.")
+    gradient_clip_val: Optional[float] = Field(None, gt=0, description="Clip the global gradient norm; null = off.")
+    val_check_interval: int = Field(500, ge=1, description="Validate every this many optimizer steps.")
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="Keep an EMA of weights (e.g. 0.999); null = off.")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v  # YAML reads `precision: 32` as an int
+
+
+class CheckpointConfig(_Section):
+    """Checkpointing (written under system.output_dir/checkpoints)."""
+
+    monitor: str = Field("val/loss", description="Metric that ranks checkpoints.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher monitor values are better.")
+    save_top_k: int = Field(3, ge=0, description="Best checkpoints kept.")
+    save_last: bool = Field(True, description="Always keep the latest checkpoint (for resuming).")
+    every_n_steps: int = Field(500, ge=1, description="Save every this many optimizer steps.")
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop when the monitored validation metric stops improving."""
+
+    enabled: bool = Field(False, description="Turn early stopping on.")
+    monitor: str = Field("val/loss", description="Metric to watch.")
+    patience: int = Field(10, ge=1, description="Validations without improvement before stopping.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class LoggingConfig(_Section):
+    """Console and file logging."""
+
+    log_every_n_steps: int = Field(20, ge=1, description="Log training loss/lr every this many steps.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs tensorboard).")
+
+
+class InferenceConfig(_Section):
+    """Sliding-window prediction over whole volumes."""
+
+    window_size: Optional[list[int]] = Field(None, description="Sliding window; null = data.patch_size.")
+    overlap: float = Field(0.25, ge=0, lt=1, description="Fractional overlap between windows.")
+    blending: Literal["gaussian", "constant"] = Field("gaussian", description="How overlapping windows are blended.")
+    sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
+    tta_flips: list[list[int]] = Field(
+        [], description="Test-time flips, each a list of spatial axes (0=z, 1=y, 2=x); [] = off."
+    )
+    block_size: list[int] = Field(
+        [128, 512, 512], min_length=2, max_length=3, description="Out-of-core block read per step (bounds memory)."
+    )
+    output_dtype: OutputDtype = Field(OutputDtype.uint8, description="float16, float32 or uint8 (probability x 255).")
+    compression: Compression = Field(Compression.zstd, description="Compression of the written prediction.")
+
+
+class DecodingConfig(_Section):
+    """Prediction → instance segmentation."""
+
+    method: DecodeMethod = Field(DecodeMethod.threshold, description="Decoder (see `pytc decode --help`).")
+    threshold: float = Field(0.5, ge=0, le=1, description="threshold: foreground probability cut-off.")
+    min_size: int = Field(100, ge=0, description="Remove instances smaller than this many voxels.")
+    seed_threshold: float = Field(0.9, ge=0, le=1, description="bc-watershed: foreground needed for a seed.")
+    contour_threshold: float = Field(0.3, ge=0, le=1, description="bc-watershed: seeds need contour below this.")
+    foreground_threshold: float = Field(0.5, ge=0, le=1, description="bc-watershed: mask of the watershed.")
+    merge_thresholds: list[float] = Field([0.5], min_length=1, description="affinity-waterz: agglomeration thresholds.")
+
+
+class EvaluationConfig(_Section):
+    """Scoring against ground truth."""
+
+    task: EvalTask = Field(EvalTask.semantic, description="semantic (IoU/Dice) or instance (ARAND/VOI/AP).")
+    threshold: float = Field(0.5, ge=0, le=1, description="Threshold for probability predictions.")
+    ignore_label: Optional[int] = Field(None, description="Ground-truth label excluded from scoring.")
+
+
+class PytcConfig(_Section):
+    """A complete pytc configuration."""
+
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _resolve_model_geometry(self) -> "PytcConfig":
+        # The network is built for the training patch unless told otherwise; resolving here means a
+        # builder only ever needs its own sub-config (and a checkpoint's config is self-contained).
+        patch = self.data.patch_size
+        if self.model.spatial_dims is None:
+            self.model.spatial_dims = len(patch)
+        if self.model.input_size is None:
+            self.model.input_size = list(patch)
+        if len(self.model.input_size) != self.model.spatial_dims:
+            raise ValueError(
+                f"model.input_size {self.model.input_size} does not match model.spatial_dims "
+                f"{self.model.spatial_dims}; give {self.model.spatial_dims} sizes"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; give a YAML config file") from None
+    try:
+        data = yaml.safe_load(text)  # safe_load only: configs never construct Python objects
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(
+            f"{path}: {err.problem} (line {err.problem_mark.line + 1}); Python object tags are not "
+            "allowed in configs, use plain YAML values"
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where} invalid YAML ({problem}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Return ``base`` updated recursively with ``over`` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path))
+        raise ConfigError(f"_base_ cycle: {cycle}; remove one of the _base_ references")
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    merged: dict = {}
+    for base in bases:
+        merged = deep_merge(merged, _load_with_bases(path.parent / base, (*chain, path)))
+    return deep_merge(merged, data)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """Turn ``["data.batch_size=8", "model.filters=[16,32]"]`` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. data.batch_size=8")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: value {raw!r} is not valid YAML; quote it") from None
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r} conflicts with {'.'.join(parts[: i + 1])}={nxt!r}")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def env_overrides() -> dict:
+    """Overrides from ``PYTC_SECTION__KEY`` environment variables (via pydantic-settings)."""
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(
+        PytcConfig, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, case_sensitive=False
+    )
+    return source()
+
+
+def config_from_dict(data: dict, origin: str = "config") -> PytcConfig:
+    """Validate a nested dict into a :class:`PytcConfig`, turning errors into one-line ConfigErrors."""
+    try:
+        return PytcConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PytcConfig:
+    """Load a config file with its ``_base_`` chain, env overrides and dotted CLI overrides.
+
+    Args:
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: ``section.key=value`` strings, values parsed as YAML (``model.filters=[16,32]``).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: unreadable file, ``_base_`` cycle, unknown key (with a did-you-mean), wrong type.
+    """
+    data = _load_with_bases(Path(path)) if path is not None else {}
+    data = deep_merge(data, env_overrides())
+    data = deep_merge(data, parse_overrides(overrides))
+    return config_from_dict(data, origin=str(path) if path is not None else "config")
+
+
+def dump_config(cfg: PytcConfig) -> str:
+    """The resolved config as YAML; loading it again gives an equal config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+
+
+def config_schema() -> dict:
+    """JSON Schema of the config (for editor autocompletion and the README reference)."""
+    return PytcConfig.model_json_schema()
+
+
+def iter_fields(model: type[BaseModel] = PytcConfig, prefix: str = ""):
+    """Yield ``(dotted_key, default, description)`` for every leaf config key."""
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from iter_fields(ann, f"{prefix}{name}.")
+        else:
+            default = field.get_default(call_default_factory=True)
+            yield f"{prefix}{name}", getattr(default, "value", default), field.description or ""
+
+
+# --------------------------------------------------------------------------------------------
+# Error messages
+
+
+def _submodel(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, list[str]]:
+    """Walk ``loc`` through nested models; return the model reached (None past a leaf) and the key parts."""
+    parts: list[str] = []
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+            current = None
+        elif current is not None and part in current.model_fields:
+            parts.append(part)
+            ann = current.model_fields[part].annotation
+            current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        else:
+            parts.append(str(part))
+            current = None
+    return current, parts
+
+
+def _dotted(parts: list[str]) -> str:
+    return ".".join(parts).replace(".[", "[")
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    messages: list[str] = []
+    seen: set[str] = set()
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent, parts = _submodel(PytcConfig, loc[:-1])
+            key = _dotted([*parts, str(loc[-1])])
+            hint = ""
+            if parent is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1, cutoff=0.6)
+                if close:
+                    hint = f" — did you mean {_dotted([*parts, close[0]])}?"
+                else:
+                    hint = f" (valid keys: {', '.join(parent.model_fields)})"
+            msg = f"{key}: unknown key{hint}"
+        else:
+            # Union members add a type tag to loc (e.g. 'list[str]'): report the field once, with its type.
+            tagged = next((i for i, p in enumerate(loc) if _is_type_tag(p)), None)
+            _, parts = _submodel(PytcConfig, loc if tagged is None else loc[:tagged])
+            key = _dotted(parts) or "config"
+            if key in seen:
+                continue
+            given = e.get("input")
+            if tagged is not None:
+                text = f"expected {_type_name(_annotation_at(loc[:tagged]))}"
+            else:
+                text = e["msg"].removeprefix("Value error, ")
+            msg = f"{key}: {text}" + ("" if e["type"] == "missing" or isinstance(given, dict) else f", got {given!r}")
+        seen.add(key)
+        messages.append(msg)
+    return f"{origin}: " + "; ".join(messages)
+
+
+def _is_type_tag(part: Any) -> bool:
+    return isinstance(part, str) and (
+        "[" in part or part in {"str", "int", "float", "bool", "none", "literal", "function-after", "list"}
+        or part.startswith("literal[")
+    )
+
+
+def _annotation_at(loc: tuple) -> Any:
+    model: Any = PytcConfig
+    ann: Any = None
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        model = ann
+    return ann
+
+
+def _type_name(ann: Any) -> str:
+    import typing
+
+    if ann is None or ann is type(None):
+        return "null"
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is Union:
+        return " | ".join(_type_name(a) for a in args)
+    if typing.get_origin(ann) is Literal:
+        return " | ".join(repr(a) for a in args)
+    if args:
+        return f"{typing.get_origin(ann).__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann))

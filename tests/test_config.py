@@ -1,0 +1,220 @@
+"""Config loading: strict keys, types, _base_ chains, env and CLI overrides, dump round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytc.config import (
+    PytcConfig,
+    config_from_dict,
+    config_schema,
+    dump_config,
+    iter_fields,
+    load_config,
+    parse_overrides,
+)
+from pytc.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_upstream_lucchi_example_loads_as_written():
+    cfg = load_config(CONFIGS / "lucchi.yaml")
+    assert cfg.model.architecture == "monai_basic_unet3d"
+    assert cfg.model.filters == [32, 64, 128, 256, 512, 1024]
+    assert cfg.model.loss_functions == ["DiceLoss", "BCEWithLogitsLoss"]
+    assert cfg.optimizer.lr == pytest.approx(1e-4)  # YAML 1.1 reads `1e-4` as a string
+    assert cfg.training.precision == "16-mixed"
+    assert cfg.training.gradient_clip_val == 1.0
+    assert cfg.scheduler.warmup_epochs == 5
+    assert cfg.checkpoint.save_top_k == 3 and cfg.early_stopping.patience == 10
+    # Network geometry resolved from the patch size.
+    assert cfg.model.spatial_dims == 3 and cfg.model.input_size == [128, 128, 128]
+
+
+def test_mednext_configs_inherit_through_base():
+    s = load_config(CONFIGS / "mednext_lucchi.yaml")
+    assert (s.model.architecture, s.model.mednext_size, s.model.mednext_kernel_size) == ("mednext", "S", 3)
+    assert s.model.deep_supervision is True and s.scheduler.name == "constant"
+    assert s.optimizer.lr == pytest.approx(1e-3)
+    assert s.data.patch_size == [128, 128, 128]  # from lucchi.yaml
+    c = load_config(CONFIGS / "mednext_custom.yaml")
+    assert c.model.architecture == "mednext_custom"
+    assert c.model.mednext_exp_r == [2, 3, 4, 4, 4, 4, 4, 3, 2]
+    assert c.model.mednext_block_counts == [3, 4, 8, 8, 8, 8, 8, 4, 3]
+    assert c.model.mednext_grn is True and c.model.mednext_kernel_size == 7
+    assert c.scheduler.name == "constant"  # two levels up the chain
+
+
+def test_unknown_key_names_full_path_and_suggests(tmp_path):
+    cfg = _write(tmp_path / "c.yaml", "data:\n  bach_size: 4\n")
+    with pytest.raises(ConfigError, match=r"data\.bach_size: unknown key — did you mean data\.batch_size\?"):
+        load_config(cfg)
+
+
+def test_unknown_section_suggests(tmp_path):
+    cfg = _write(tmp_path / "c.yaml", "optimiser:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"optimiser: unknown key — did you mean optimizer\?"):
+        load_config(cfg)
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
+    cfg = _write(tmp_path / "c.yaml", "early_stopping:\n  zzz: 1\n")
+    with pytest.raises(ConfigError, match=r"early_stopping\.zzz: unknown key \(valid keys: enabled, monitor"):
+        load_config(cfg)
+
+
+def test_wrong_type_names_key_expected_and_given(tmp_path):
+    cfg = _write(tmp_path / "c.yaml", "data:\n  batch_size: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    msg = str(err.value)
+    assert "data.batch_size" in msg and "valid integer" in msg and "'many'" in msg
+    assert "\n" not in msg
+
+
+def test_union_type_error_reported_once_with_types():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.train_image=[1, 2]"])
+    assert str(err.value) == "config: data.train_image: expected str | list[str] | null, got [1, 2]"
+
+
+def test_choice_error_lists_choices():
+    with pytest.raises(ConfigError, match=r"training\.precision: Input should be '32', '16-mixed' or 'bf16-mixed'"):
+        load_config(None, ["training.precision=fp8"])
+
+
+def test_precision_given_as_int_is_accepted():
+    assert load_config(None, ["training.precision=32"]).training.precision == "32"
+
+
+def test_loss_weights_must_match_losses():
+    with pytest.raises(ConfigError, match="loss_weights has 1 entries but loss_functions has 2"):
+        load_config(None, ["model.loss_weights=[1.0]"])
+
+
+def test_cli_overrides_are_parsed_as_yaml(tmp_path):
+    cfg = load_config(
+        CONFIGS / "lucchi.yaml",
+        ["data.batch_size=8", "model.filters=[16,32,64]", "training.precision=bf16-mixed", "data.train_image=x.h5:raw"],
+    )
+    assert cfg.data.batch_size == 8
+    assert cfg.model.filters == [16, 32, 64]
+    assert cfg.training.precision == "bf16-mixed"
+    assert cfg.data.train_image == "x.h5:raw"
+
+
+def test_override_of_missing_key_suggests():
+    with pytest.raises(ConfigError, match=r"training\.max_epoch: unknown key — did you mean training\.max_epochs\?"):
+        load_config(CONFIGS / "lucchi.yaml", ["training.max_epoch=3"])
+
+
+@pytest.mark.parametrize("bad", ["data.batch_size", "=3", "data..x=1"])
+def test_malformed_override(bad):
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        parse_overrides([bad])
+
+
+def test_base_chain_relative_paths_and_precedence(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "root.yaml", "data:\n  batch_size: 1\n  num_workers: 7\noptimizer:\n  lr: 0.5\n")
+    _write(tmp_path / "sub" / "mid.yaml", "_base_: ../root.yaml\ndata:\n  batch_size: 2\n")
+    leaf = _write(tmp_path / "sub" / "leaf.yaml", "_base_: mid.yaml\ndata:\n  batch_size: 3\n")
+    cfg = load_config(leaf)
+    assert cfg.data.batch_size == 3  # the file beats its bases
+    assert cfg.data.num_workers == 7 and cfg.optimizer.lr == 0.5  # inherited through two levels
+
+
+def test_base_list_later_entries_win(tmp_path):
+    _write(tmp_path / "a.yaml", "data:\n  batch_size: 1\n  num_workers: 1\n")
+    _write(tmp_path / "b.yaml", "data:\n  batch_size: 2\n")
+    cfg = load_config(_write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\n"))
+    assert (cfg.data.batch_size, cfg.data.num_workers) == (2, 1)
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    _write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    _write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"_base_ cycle: a.yaml -> b.yaml -> a.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_missing_base_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml not found"):
+        load_config(_write(tmp_path / "a.yaml", "_base_: nope.yaml\n"))
+
+
+def test_env_overrides_sit_between_file_and_cli(tmp_path, monkeypatch):
+    cfg_file = _write(tmp_path / "c.yaml", "data:\n  batch_size: 2\n  num_workers: 3\n")
+    monkeypatch.setenv("PYTC_DATA__BATCH_SIZE", "4")
+    monkeypatch.setenv("PYTC_MODEL__FILTERS", "[8, 16]")
+    cfg = load_config(cfg_file)
+    assert cfg.data.batch_size == 4 and cfg.data.num_workers == 3 and cfg.model.filters == [8, 16]
+    assert load_config(cfg_file, ["data.batch_size=9"]).data.batch_size == 9
+
+
+def test_env_typo_is_an_error(monkeypatch):
+    monkeypatch.setenv("PYTC_DATA__BACH_SIZE", "4")
+    with pytest.raises(ConfigError, match=r"data\.bach_size: unknown key — did you mean data\.batch_size\?"):
+        load_config(None)
+
+
+def test_python_object_tags_are_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _write(
+        tmp_path / "evil.yaml",
+        f"data: !!python/object/apply:os.system ['touch {marker}']\n",
+    )
+    with pytest.raises(ConfigError, match="Python object tags are not allowed"):
+        load_config(evil)
+    assert not marker.exists()
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(_write(tmp_path / "bad.yaml", "data: [1, 2\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(_write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(CONFIGS / "mednext_custom.yaml", ["data.batch_size=5", "inference.tta_flips=[[0], [1, 2]]"])
+    text = dump_config(cfg)
+    again = config_from_dict(yaml.safe_load(text))
+    assert again == cfg
+    # ...and through a file, as `pytc config show > run.yaml` would be used.
+    assert load_config(_write(tmp_path / "dumped.yaml", text)) == cfg
+
+
+def test_assignment_is_validated():
+    cfg = PytcConfig()
+    with pytest.raises(Exception):
+        cfg.data.batch_size = "x"
+
+
+def test_schema_documents_every_key():
+    schema = config_schema()
+    sections = set(schema["properties"])
+    assert sections == {
+        "system", "model", "data", "optimizer", "scheduler", "training", "checkpoint",
+        "early_stopping", "logging", "inference", "decoding", "evaluation",
+    }
+    fields = list(iter_fields())
+    assert len(fields) > 60
+    missing = [key for key, _, desc in fields if not desc]
+    assert missing == []
+    assert ("data.batch_size", 2, "Patches per step per process.") in fields
+    json.dumps(schema)  # serialisable for editors
