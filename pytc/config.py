@@ -101,6 +101,53 @@ class ModelConfig(_Section):
         return self
 
 
+class TargetConfig(_Section):
+    """One label → target transform; the channels of all targets are concatenated in order."""
+
+    name: Literal["binary", "contour", "affinity", "distance"] = Field(
+        ..., description="binary: foreground; contour: instance borders; affinity: one channel per offset; distance: EDT."
+    )
+    thickness: int = Field(1, ge=1, description="contour: border thickness in voxels.")
+    offsets: list[list[int]] = Field(
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1]], min_length=1,
+        description="affinity: neighbour offsets (z, y, x), short and long range; one channel each.",
+    )
+    distance_mode: Literal["signed", "normalized"] = Field(
+        "normalized", description="distance: signed (inside +, outside -) or normalised to [0, 1] per instance."
+    )
+    losses: Optional[list[str]] = Field(None, description="Losses for this target's channels; null = model.loss_functions.")
+    loss_weights: Optional[list[float]] = Field(None, description="Weights for `losses`; null = model.loss_weights.")
+
+    @property
+    def channels(self) -> int:
+        return len(self.offsets) if self.name == "affinity" else 1
+
+
+class AugmentConfig(_Section):
+    """Training augmentations: each applied with its probability (0 = off)."""
+
+    enabled: bool = Field(True, description="Turn all augmentation on or off.")
+    flip_prob: float = Field(0.5, ge=0, le=1, description="Flip along y and along x (each).")
+    rot90_prob: float = Field(0.5, ge=0, le=1, description="Rotate by a multiple of 90° in-plane.")
+    zflip_prob: float = Field(0.5, ge=0, le=1, description="Flip along z.")
+    affine_prob: float = Field(0.0, ge=0, le=1, description="Random in-plane rotation and scaling.")
+    rotate_deg: float = Field(15.0, ge=0, description="affine: maximum in-plane rotation in degrees.")
+    scale_range: float = Field(0.1, ge=0, lt=1, description="affine: maximum relative scaling.")
+    elastic_prob: float = Field(0.0, ge=0, le=1, description="Elastic deformation.")
+    gamma_prob: float = Field(0.3, ge=0, le=1, description="Random gamma.")
+    contrast_prob: float = Field(0.3, ge=0, le=1, description="Random contrast scaling.")
+    brightness_prob: float = Field(0.3, ge=0, le=1, description="Random brightness shift.")
+    noise_prob: float = Field(0.2, ge=0, le=1, description="Additive Gaussian noise.")
+    noise_std: float = Field(0.05, ge=0, description="noise: standard deviation (image in [0, 1]).")
+    blur_prob: float = Field(0.1, ge=0, le=1, description="Gaussian blur.")
+    missing_section_prob: float = Field(0.1, ge=0, le=1, description="EM: blank out whole sections.")
+    misalignment_prob: float = Field(0.1, ge=0, le=1, description="EM: shift the stack in-plane from a z index on.")
+    misalignment_max_shift: int = Field(8, ge=0, description="misalignment: maximum shift in voxels.")
+    motion_blur_prob: float = Field(0.1, ge=0, le=1, description="EM: directional blur within sections.")
+    cut_blur_prob: float = Field(0.1, ge=0, le=1, description="EM: down/up-sample a random box.")
+    cut_noise_prob: float = Field(0.1, ge=0, le=1, description="EM: add strong noise to a random box.")
+
+
 class DataConfig(_Section):
     """Training/validation volumes (any format `pytc info` reads) and patch sampling."""
 
@@ -121,6 +168,15 @@ class DataConfig(_Section):
     normalize: Literal["unit", "zscore", "none"] = Field(
         "unit", description="Input normalisation: unit = scale integer range to [0,1]; zscore = per volume."
     )
+    val_z_range: Optional[list[int]] = Field(
+        None, min_length=2, max_length=2, description="[z0, z1) of the first training volume held out for validation."
+    )
+    foreground_fraction: float = Field(0.5, ge=0, le=1, description="Share of patches that must contain labelled voxels.")
+    targets: list[TargetConfig] = Field(
+        default_factory=lambda: [TargetConfig(name="binary")], min_length=1,
+        description="Label → target transforms; channels concatenate in order.",
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentations.")
 
     @field_validator("patch_size")
     @classmethod
@@ -401,35 +457,52 @@ def config_schema() -> dict:
 
 
 def iter_fields(model: type[BaseModel] = PytcConfig, prefix: str = ""):
-    """Yield ``(dotted_key, default, description)`` for every leaf config key."""
+    """Yield ``(dotted_key, default, description)`` for every leaf config key (JSON-able defaults)."""
+    from pydantic_core import to_jsonable_python
+
     for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            yield from iter_fields(ann, f"{prefix}{name}.")
-        else:
-            default = field.get_default(call_default_factory=True)
-            yield f"{prefix}{name}", getattr(default, "value", default), field.description or ""
+        sub, item = _as_model(field.annotation), _list_item_model(field.annotation)
+        if sub is not None:
+            yield from iter_fields(sub, f"{prefix}{name}.")
+            continue
+        default = None if field.is_required() else to_jsonable_python(field.get_default(call_default_factory=True))
+        yield f"{prefix}{name}", default, field.description or ""
+        if item is not None:
+            yield from iter_fields(item, f"{prefix}{name}[].")
 
 
 # --------------------------------------------------------------------------------------------
 # Error messages
 
 
+def _as_model(ann: Any) -> type[BaseModel] | None:
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _list_item_model(ann: Any) -> type[BaseModel] | None:
+    import typing
+
+    if typing.get_origin(ann) is list:
+        return _as_model(typing.get_args(ann)[0])
+    return None
+
+
 def _submodel(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, list[str]]:
     """Walk ``loc`` through nested models; return the model reached (None past a leaf) and the key parts."""
     parts: list[str] = []
     current: type[BaseModel] | None = model
+    item: type[BaseModel] | None = None  # model of list items, when the last key was a list of models
     for part in loc:
         if isinstance(part, int):
             parts.append(f"[{part}]")
-            current = None
+            current, item = item, None
         elif current is not None and part in current.model_fields:
             parts.append(part)
             ann = current.model_fields[part].annotation
-            current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            current, item = _as_model(ann), _list_item_model(ann)
         else:
             parts.append(str(part))
-            current = None
+            current = item = None
     return current, parts
 
 

@@ -27,8 +27,63 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def test_upstream_lucchi_example_loads_as_written():
-    cfg = load_config(CONFIGS / "lucchi.yaml")
+# The upstream guide's lucchi.yaml, verbatim: its vocabulary must load unchanged.
+UPSTREAM_LUCCHI = """
+system:
+  num_gpus: 1
+  num_cpus: 4
+  seed: 42
+
+model:
+  architecture: monai_basic_unet3d
+  in_channels: 1
+  out_channels: 2
+  filters: [32, 64, 128, 256, 512, 1024]
+  dropout: 0.1
+  loss_functions:
+    - DiceLoss
+    - BCEWithLogitsLoss
+  loss_weights: [1.0, 1.0]
+
+data:
+  train_image: "datasets/lucchi/train_image.h5"
+  train_label: "datasets/lucchi/train_label.h5"
+  patch_size: [128, 128, 128]
+  batch_size: 2
+  num_workers: 4
+
+optimizer:
+  name: AdamW
+  lr: 1e-4
+  weight_decay: 1e-4
+
+scheduler:
+  name: CosineAnnealingLR
+  warmup_epochs: 5
+  min_lr: 1e-6
+
+training:
+  max_epochs: 100
+  precision: "16-mixed"
+  gradient_clip_val: 1.0
+  accumulate_grad_batches: 4
+
+checkpoint:
+  monitor: "val/loss"
+  mode: "min"
+  save_top_k: 3
+  save_last: true
+
+early_stopping:
+  monitor: "val/loss"
+  patience: 10
+  mode: "min"
+"""
+
+
+def test_upstream_lucchi_example_loads_as_written(tmp_path):
+    cfg = load_config(_write(tmp_path / "lucchi.yaml", UPSTREAM_LUCCHI))
+    assert cfg.model.out_channels == 2
     assert cfg.model.architecture == "monai_basic_unet3d"
     assert cfg.model.filters == [32, 64, 128, 256, 512, 1024]
     assert cfg.model.loss_functions == ["DiceLoss", "BCEWithLogitsLoss"]
