@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 PYTC := $(VENV)/bin/pytc
 STAMP := $(VENV)/.pytc-installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench docs clean
 
 install: $(STAMP)
 
@@ -37,3 +37,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+docs: install
+	$(PY) docs/update_readme.py

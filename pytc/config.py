@@ -69,6 +69,9 @@ class ModelConfig(_Section):
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
     deep_supervision: bool = Field(False, description="Return multi-scale outputs (MedNeXt) and supervise each.")
+    deep_supervision_weights: Optional[list[float]] = Field(
+        None, description="Loss weight per output scale, full resolution first; null = 1, 1/2, 1/4, ..."
+    )
     feature_size: Optional[int] = Field(
         None, ge=1, description="UNETR/SwinUNETR embedding features; null = the network's default (16 / 24)."
     )
@@ -575,3 +578,14 @@ def _type_name(ann: Any) -> str:
     if args:
         return f"{typing.get_origin(ann).__name__}[{', '.join(_type_name(a) for a in args)}]"
     return getattr(ann, "__name__", str(ann))
+
+
+def reference_markdown() -> str:
+    """Markdown table of every config key with its default and meaning (for the README)."""
+    import json
+
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, desc in iter_fields():
+        shown = json.dumps(default) if default is not None else "null"
+        rows.append(f"| `{key}` | `{shown}` | {desc} |")
+    return "\n".join(rows) + "\n"

@@ -273,3 +273,14 @@ def test_schema_documents_every_key():
     assert missing == []
     assert ("data.batch_size", 2, "Patches per step per process.") in fields
     json.dumps(schema)  # serialisable for editors
+
+
+def test_readme_config_reference_is_in_sync():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("update_readme", root / "docs" / "update_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (root / "README.md").read_text()
+    assert module.render(text) == text, "README config reference is stale: run `make docs`"
