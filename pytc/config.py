@@ -62,7 +62,7 @@ class ModelConfig(_Section):
     out_channels: int = Field(1, ge=1, description="Output channels; must equal the channels of all targets.")
     spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2 or 3; null = number of entries in data.patch_size.")
     input_size: Optional[list[int]] = Field(
-        None, description="Patch size the network is built for (UNETR/SwinUNETR); null = data.patch_size."
+        None, description="Patch size the network is built for (checked against each architecture); null = data.patch_size."
     )
     filters: list[int] = Field(
         [32, 32, 64, 128, 256], min_length=2, description="Feature channels per level (U-Nets), coarsest last."
@@ -70,7 +70,7 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
     deep_supervision: bool = Field(False, description="Return multi-scale outputs (MedNeXt) and supervise each.")
     deep_supervision_weights: Optional[list[float]] = Field(
-        None, description="Loss weight per output scale, full resolution first; null = 1, 1/2, 1/4, ..."
+        None, description="Relative loss weight per output scale, full resolution first, normalised to sum 1; null = 1, 1/2, 1/4, ..."
     )
     feature_size: Optional[int] = Field(
         None, ge=1, description="UNETR/SwinUNETR embedding features; null = the network's default (16 / 24)."
@@ -119,7 +119,7 @@ class TargetConfig(_Section):
         "normalized", description="distance: signed (inside +, outside -) or normalised to [0, 1] per instance."
     )
     losses: Optional[list[str]] = Field(None, description="Losses for this target's channels; null = model.loss_functions.")
-    loss_weights: Optional[list[float]] = Field(None, description="Weights for `losses`; null = model.loss_weights.")
+    loss_weights: Optional[list[float]] = Field(None, description="Weights for `losses`; null = model.loss_weights, or 1 each when `losses` is set.")
 
     @property
     def channels(self) -> int:
