@@ -84,10 +84,12 @@ def _register() -> None:
     from pytc.commands import convert as convert_cmd
     from pytc.commands import info as info_cmd
     from pytc.commands import list_archs as list_archs_cmd
+    from pytc.commands import train as train_cmd
 
     app.command("convert")(convert_cmd.convert)
     app.command("info")(info_cmd.info)
     app.command("list-archs")(list_archs_cmd.list_archs)
+    app.command("train")(train_cmd.train)
     app.add_typer(config_cmd.app, name="config", cls=_PytcGroup)
 
 

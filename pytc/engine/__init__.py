@@ -1,0 +1,15 @@
+"""The training engine: :func:`fit` (the Accelerate loop), optimizers/schedules and checkpoints.
+
+Importing this package imports torch lazily: ``fit`` and the checkpoint loaders import it when called.
+
+Example:
+    >>> from pytc.config import load_config
+    >>> from pytc.engine import fit
+    >>> fit(load_config("configs/lucchi.yaml", ["training.max_steps=100"]))  # doctest: +SKIP
+"""
+
+from pytc.engine.checkpoint import find_resume_checkpoint, load_checkpoint_for_inference, resolve_checkpoint
+from pytc.engine.train import fit, train_step, validate
+
+__all__ = ["fit", "train_step", "validate", "find_resume_checkpoint", "load_checkpoint_for_inference",
+           "resolve_checkpoint"]

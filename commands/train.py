@@ -1,0 +1,45 @@
+"""`pytc train` — train a model from a YAML config (one process, or many under `accelerate launch`).
+
+Multi-GPU / multi-process: run the same command through Accelerate's launcher, e.g.
+``accelerate launch --num_processes 4 -m pytc.cli train cfg.yaml`` (``--cpu`` for CPU processes).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+
+def train(
+    config: Annotated[str, typer.Argument(help="YAML config file.", show_default=False)],
+    overrides: Annotated[
+        Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. training.max_steps=1000.", show_default=False)
+    ] = None,
+    resume: Annotated[
+        Optional[str],
+        typer.Option("--resume", metavar="auto|PATH",
+                     help="Continue a run: 'auto' = newest checkpoint in the run directory, or a checkpoint path."),
+    ] = None,
+    fast_dev_run: Annotated[
+        bool, typer.Option("--fast-dev-run", help="Smoke test: 1 step, 1 validation volume, 1 checkpoint.")
+    ] = False,
+    run_dir: Annotated[
+        Optional[str], typer.Option("--run-dir", help="Run directory; default: system.output_dir.", show_default=False)
+    ] = None,
+) -> None:
+    """Train a model from a YAML config.
+
+    Writes RUN_DIR/config.yaml, metrics.jsonl, previews/ and checkpoints/ (best, last, step-*).
+    Multi-GPU: accelerate launch --num_processes N -m pytc.cli train CONFIG [OVERRIDES...]
+    """
+    from pytc.config import load_config
+    from pytc.engine import fit  # imports torch: only when training, never for `pytc --help`
+
+    summary = fit(load_config(config, overrides), run_dir=run_dir, resume=resume, fast_dev_run=fast_dev_run)
+    if summary.get("is_main_process", True):
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items()) or "no validation data"
+        typer.echo(f"Run directory: {summary['run_dir']} (step {summary['step']})")
+        typer.echo(f"Best checkpoint: {summary['best_checkpoint'] or 'none (no validation metric)'}")
+        typer.echo(f"Last checkpoint: {summary['last_checkpoint']}")
+        typer.echo(f"Final metrics: {metrics}" + ("  [stopped early]" if summary["stopped_early"] else ""))

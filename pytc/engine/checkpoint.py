@@ -1,0 +1,402 @@
+"""Checkpoints: self-contained folders, written atomically, loaded without unpickling.
+
+Layout of a run's ``checkpoints/`` folder::
+
+    checkpoints/
+      step-000500/
+        model.safetensors        weights for inference (the EMA weights when training.ema_decay is set)
+        model_raw.safetensors    only with EMA: the raw weights the optimizer updates (for resuming)
+        config.yaml              the resolved config: the checkpoint rebuilds its own model
+        training_state.pt        optimizer, scheduler, EMA count, grad scaler, RNG states, step,
+                                 early-stopping counters (plain tensors/dicts/numbers only)
+        meta.json                step, epoch, metrics, monitored score; written LAST
+      last                       pointer file: one line naming the newest checkpoint folder
+      best                       pointer file: the folder with the best checkpoint.monitor value
+
+A folder is written as ``.tmp-step-000500-<pid>`` and renamed when ``meta.json`` is in it, so a
+folder under its final name with a ``meta.json`` is complete; temporaries of dead processes are
+removed. ``last``/``best`` are small text files rather than symlinks or copies: replacing a file is
+atomic everywhere (also on Windows and on file systems without links) and costs no disk.
+:func:`resolve_checkpoint` accepts a folder, a pointer file or a run directory.
+
+Nothing is ever unpickled: weights load through safetensors, the training state through
+``torch.load(weights_only=True)``, which refuses any pickle that would construct arbitrary objects
+(Accelerate's ``load_state`` loads custom objects with ``weights_only=False``, hence our own format).
+
+Example:
+    >>> from pytc.engine.checkpoint import load_checkpoint_for_inference
+    >>> cfg, model = load_checkpoint_for_inference("runs/lucchi/checkpoints/best")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+from pytc.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytc.config import PytcConfig
+
+PathLike = Union[str, os.PathLike]
+
+CHECKPOINT_DIR = "checkpoints"
+WEIGHTS = "model.safetensors"
+RAW_WEIGHTS = "model_raw.safetensors"
+CONFIG = "config.yaml"
+STATE = "training_state.pt"
+META = "meta.json"
+POINTERS = ("last", "best")
+STATE_FORMAT = 1  # bump when training_state.pt changes incompatibly
+
+_NAME = re.compile(r"step-(\d+)")
+_TEMP = re.compile(r"\.tmp-.+-(\d+)")
+
+
+def checkpoint_name(step: int) -> str:
+    """Folder name of the checkpoint after ``step`` optimizer steps (zero-padded so names sort)."""
+    return f"step-{step:06d}"
+
+
+def is_complete(path: PathLike) -> bool:
+    """Whether ``path`` is a finished checkpoint folder (final name and ``meta.json`` present)."""
+    path = Path(path)
+    return bool(_NAME.fullmatch(path.name)) and (path / META).is_file()
+
+
+def read_meta(path: PathLike) -> dict:
+    """The ``meta.json`` of a checkpoint folder."""
+    return json.loads((Path(path) / META).read_text())
+
+
+def list_checkpoints(ckpt_dir: PathLike) -> list[Path]:
+    """Complete checkpoint folders in ``ckpt_dir``, oldest step first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name)[1]))
+
+
+def find_resume_checkpoint(run_dir: PathLike) -> Optional[Path]:
+    """The newest complete checkpoint of a run (``--resume auto``), or ``None`` if there is none."""
+    found = list_checkpoints(Path(run_dir) / CHECKPOINT_DIR)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """The checkpoint folder meant by ``path``.
+
+    Args:
+        path: A checkpoint folder, a ``last``/``best`` pointer file, or a run directory (→ its best
+            checkpoint, else its last).
+
+    Returns:
+        A complete checkpoint folder.
+
+    Raises:
+        CheckpointError: nothing there, an incomplete folder, or a dangling pointer.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / CHECKPOINT_DIR).is_dir() and not (path / META).exists():
+        for name in POINTERS[::-1]:  # a run directory: best, else last
+            if (path / CHECKPOINT_DIR / name).is_file():
+                return resolve_checkpoint(path / CHECKPOINT_DIR / name)
+        raise CheckpointError(f"run directory {path} has no checkpoints/best or checkpoints/last yet")
+    if path.is_file() and path.name != META:
+        target = path.read_text(errors="replace")[:256].strip()
+        if not _NAME.fullmatch(target):
+            raise CheckpointError(
+                f"{path} is neither a checkpoint folder nor a last/best pointer; give RUN/checkpoints/<name>"
+            )
+        folder = path.parent / target
+        if not is_complete(folder):
+            raise CheckpointError(f"{path} points to {target}, which is missing or incomplete; use another checkpoint")
+        return folder
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found; give RUN/checkpoints/best, .../last or a step-* folder")
+    if not (path / META).is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete (no {META}: it was being written when a run stopped); use another one"
+        )
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(ckpt_dir: PathLike) -> list[Path]:
+    """Remove ``.tmp-*`` folders left by processes that are gone (or by this one); return them."""
+    ckpt_dir = Path(ckpt_dir)
+    removed = []
+    if ckpt_dir.is_dir():
+        for item in ckpt_dir.iterdir():
+            match = _TEMP.fullmatch(item.name)
+            if match and (int(match[1]) == os.getpid() or not _pid_alive(int(match[1]))):
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+                removed.append(item)
+    return removed
+
+
+def _state_dict_to_cpu(state: dict) -> dict:
+    # Contiguous CPU copies: safetensors refuses shared or non-contiguous storage.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(
+    ckpt_dir: PathLike,
+    step: int,
+    *,
+    weights: dict,
+    config_yaml: str,
+    training_state: dict,
+    meta: dict,
+    raw_weights: Optional[dict] = None,
+) -> Path:
+    """Write checkpoint ``step-<step>`` atomically and return its folder.
+
+    Args:
+        ckpt_dir: The run's ``checkpoints/`` folder.
+        step: Optimizer steps done.
+        weights: Inference weights (``state_dict``; the EMA weights when EMA is on).
+        config_yaml: The resolved config (``dump_config``).
+        training_state: Plain tensors/dicts/lists/numbers for resuming (see :func:`capture_rng_state`).
+        meta: JSON-able facts (step, metrics, score); written last, completing the folder.
+        raw_weights: The optimizer's weights when they differ from ``weights`` (EMA on).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from pytc import __version__
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(step)
+    final = ckpt_dir / name
+    tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tag = {"format": "pt", "pytc_version": __version__, "step": str(step)}
+    save_file(_state_dict_to_cpu(weights), tmp / WEIGHTS, metadata={**tag, "weights": "ema" if raw_weights else "raw"})
+    if raw_weights is not None:
+        save_file(_state_dict_to_cpu(raw_weights), tmp / RAW_WEIGHTS, metadata={**tag, "weights": "raw"})
+    (tmp / CONFIG).write_text(config_yaml)
+    torch.save({"format": STATE_FORMAT, **training_state}, tmp / STATE)
+    meta = {"name": name, "step": step, "pytc_version": __version__, **meta}
+    (tmp / META).write_text(json.dumps(meta, indent=1, default=float) + "\n")  # last: marks the folder complete
+    if final.exists():  # re-saving a step (e.g. after a resume): set the old folder aside, then swap
+        old = ckpt_dir / f".tmp-old-{name}-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return final
+
+
+def write_pointer(ckpt_dir: PathLike, pointer: str, target: Optional[Path]) -> None:
+    """Point ``ckpt_dir/<pointer>`` (``last``/``best``) at ``target`` atomically; ``None`` removes it."""
+    path = Path(ckpt_dir) / pointer
+    if target is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".tmp-{pointer}-{os.getpid()}")
+    tmp.write_text(Path(target).name + "\n")
+    os.replace(tmp, path)
+
+
+def rank_checkpoints(ckpt_dir: PathLike, monitor: str, mode: str) -> list[Path]:
+    """Complete checkpoints that have a ``monitor`` value, best first (ties: newer first)."""
+    scored = []
+    for path in list_checkpoints(ckpt_dir):
+        value = read_meta(path).get("metrics", {}).get(monitor)
+        if value is not None and value == value:  # skip missing and NaN scores
+            scored.append((value if mode == "min" else -value, -int(_NAME.fullmatch(path.name)[1]), path))
+    return [p for *_, p in sorted(scored)]
+
+
+def would_enter_top_k(ckpt_dir: PathLike, monitor: str, mode: str, k: int, value: float) -> bool:
+    """Whether a new checkpoint scoring ``value`` belongs among the best ``k`` kept so far."""
+    if k <= 0:
+        return False
+    ranked = rank_checkpoints(ckpt_dir, monitor, mode)
+    if len(ranked) < k:
+        return True
+    worst = read_meta(ranked[k - 1])["metrics"][monitor]
+    return value < worst if mode == "min" else value > worst
+
+
+def update_pointers_and_prune(ckpt_dir: PathLike, monitor: str, mode: str, save_top_k: int, save_last: bool) -> None:
+    """Point ``last``/``best`` at the newest/best checkpoints, then delete checkpoints nobody keeps.
+
+    Kept: the ``save_top_k`` best by ``monitor`` and, with ``save_last``, the newest (and the newest
+    anyway when that keeps nothing: a run always leaves a checkpoint). Pointers are updated before
+    anything is deleted, so a pointer never names a removed folder.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        return
+    ranked = rank_checkpoints(ckpt_dir, monitor, mode)[:save_top_k]
+    keep = set(ranked) | ({found[-1]} if save_last else set()) or {found[-1]}
+    write_pointer(ckpt_dir, "last", found[-1] if save_last else None)
+    write_pointer(ckpt_dir, "best", ranked[0] if ranked else None)
+    for path in found:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_weights(path: PathLike) -> dict:
+    """A safetensors weights file as a CPU ``state_dict``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read weights {path}: {err}; the file is damaged or not safetensors") from None
+
+
+def load_into(model: "torch.nn.Module", state: dict, where: PathLike) -> None:
+    """``model.load_state_dict(state)`` with a one-line :class:`CheckpointError` when they do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(
+                f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state[k].shape)} "
+                f"vs model {tuple(own[k].shape)}"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing weight(s), e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected weight(s), e.g. {unexpected[0]}")
+        raise CheckpointError(
+            f"checkpoint {where} does not fit this model ({'; '.join(parts)}); it was trained with another "
+            "architecture or model settings — use the checkpoint's own config.yaml"
+        )
+    model.load_state_dict(state)
+
+
+def load_training_state(path: PathLike) -> dict:
+    """The ``training_state.pt`` of a checkpoint folder, loaded with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing file, a pickle that would build arbitrary objects (refused, never
+            executed), or an unknown format version.
+    """
+    import pickle
+
+    import torch
+
+    file = Path(path) / STATE
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {STATE}; it cannot be resumed (it still works for inference)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        text = str(err)
+        found = re.search(r"Unsupported (?:global|operand)[^.]*", text)  # torch's reason, without its advice
+        reason = found[0] if found else (text.strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"refusing to load {file}: not a plain-tensor training state ({reason}); it was not executed"
+        ) from None
+    version = state.get("format") if isinstance(state, dict) else None
+    if version != STATE_FORMAT:
+        raise CheckpointError(f"{file} has training-state format {version}, this pytc reads {STATE_FORMAT}; "
+                              "resume with the pytc version that wrote it")
+    return state
+
+
+def read_config(path: PathLike) -> "PytcConfig":
+    """The resolved config stored in a checkpoint folder."""
+    import yaml
+
+    from pytc.config import config_from_dict
+
+    file = Path(path) / CONFIG
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {CONFIG}; it cannot rebuild its model")
+    return config_from_dict(yaml.safe_load(file.read_text()) or {}, origin=str(file))
+
+
+def load_checkpoint_for_inference(path: PathLike, device: "str | torch.device" = "cpu"):
+    """Rebuild a trained model from a checkpoint alone (its ``config.yaml`` and ``model.safetensors``).
+
+    Args:
+        path: A checkpoint folder, a ``last``/``best`` pointer, or a run directory.
+        device: Where to put the model.
+
+    Returns:
+        ``(cfg, model)``: the checkpoint's config and the model in eval mode (EMA weights if the run
+        kept an EMA).
+
+    Raises:
+        CheckpointError: missing/incomplete checkpoint or weights that do not fit the architecture.
+    """
+    from pytc.models import build_model
+
+    folder = resolve_checkpoint(path)
+    cfg = read_config(folder)
+    model = build_model(cfg.model)
+    load_into(model, load_weights(folder / WEIGHTS), folder)
+    return cfg, model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state as plain tensors/lists (weights_only-loadable)
+
+
+def capture_rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) RNG states as plain tensors and lists."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

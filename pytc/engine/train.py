@@ -1,0 +1,487 @@
+"""The training loop: one readable :func:`fit` on HuggingFace Accelerate.
+
+Accelerate owns devices, DDP, mixed precision and gradient accumulation; this file owns the order
+of things: build → (resume) → loop {step, log, validate, early-stop, checkpoint} → summary.
+
+Multi-GPU (or multi-process CPU) runs go through Accelerate's launcher; every process runs the
+same ``fit`` and the data sampler gives each its own patches::
+
+    accelerate launch --num_processes 4 -m pytc.cli train configs/lucchi.yaml
+    accelerate launch --cpu --num_processes 2 -m pytc.cli train configs/lucchi.yaml
+
+Validation is sharded: volume ``i`` is predicted by process ``i % num_processes``; each process
+turns its volumes into rows of sums (loss, intersection, union, ...), ``gather_for_metrics``
+collects the rows and every process computes the same metrics (so all stop early together).
+
+Example:
+    >>> from pytc.config import load_config
+    >>> from pytc.engine import fit
+    >>> summary = fit(load_config("configs/lucchi.yaml"), run_dir="runs/lucchi")  # doctest: +SKIP
+    >>> summary["best_checkpoint"]  # doctest: +SKIP
+    'runs/lucchi/checkpoints/step-004000'
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Optional, Union
+
+from pytc.engine import checkpoint as ckpt
+from pytc.errors import CheckpointError, ConfigError, OutputExistsError, PytcError
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+
+    from pytc.config import PytcConfig
+
+VAL_METRICS = ("val/loss", "val/iou", "val/dice")
+
+
+def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
+        resume: Optional[Union[str, os.PathLike]] = None, fast_dev_run: bool = False) -> dict:
+    """Train a model as ``cfg`` says; write the run directory; return a summary.
+
+    Args:
+        cfg: The resolved config.
+        run_dir: Where the run writes (default ``cfg.system.output_dir``): ``config.yaml``,
+            ``metrics.jsonl``, ``previews/``, ``checkpoints/`` and ``tensorboard/``.
+        resume: ``"auto"`` (the newest complete checkpoint of ``run_dir``, or a fresh start if there
+            is none) or a checkpoint path. Resuming on CPU reproduces an uninterrupted run bit for bit.
+        fast_dev_run: Smoke test: one optimizer step, one validation volume, one checkpoint.
+
+    Returns:
+        ``{"run_dir", "step", "steps_this_run", "best_checkpoint", "last_checkpoint", "metrics",
+        "stopped_early", "is_main_process", "model"}``; ``metrics`` are the last validation's,
+        ``model`` is this process's trained model (unwrapped, raw weights).
+
+    Raises:
+        PytcError: configuration mistakes (out_channels vs targets, unknown monitor), a run
+            directory that already has checkpoints (pass ``resume``), an incompatible checkpoint, or a
+            loss that became NaN/inf.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from pytc.config import dump_config
+    from pytc.data.dataset import build_train_loader, load_val_volumes
+    from pytc.data.targets import check_out_channels
+    from pytc.engine.optim import build_ema, build_optimizer, build_scheduler, is_plateau
+    from pytc.losses import build_loss
+    from pytc.models import build_model
+    from pytc.runtime import accelerate_mixed_precision, resolve_precision, setup_threads, use_cpu
+
+    # ---- check everything a user can get wrong before spending time on it
+    check_out_channels(cfg.model.out_channels, cfg.data.targets, cfg.model.spatial_dims)
+    monitors = {"checkpoint.monitor": cfg.checkpoint.monitor, "early_stopping.monitor": cfg.early_stopping.monitor}
+    for key, monitor in monitors.items():
+        if monitor not in VAL_METRICS:
+            raise ConfigError(f"{key} is {monitor!r}; use one of {', '.join(VAL_METRICS)}")
+    tc = cfg.training
+    run_dir = Path(run_dir if run_dir is not None else cfg.system.output_dir)
+    ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
+    resume_from = _resume_checkpoint(resume, run_dir)
+    if resume_from is None and ckpt.list_checkpoints(ckpt_dir):
+        raise OutputExistsError(
+            f"run directory {run_dir} already has checkpoints; pass --resume auto to continue it, or "
+            "choose another --run-dir / system.output_dir"
+        )
+    total_steps = 1 if fast_dev_run else (tc.max_steps or tc.max_epochs * tc.iters_per_epoch)
+    log_every = 1 if fast_dev_run else cfg.logging.log_every_n_steps
+
+    # ---- Accelerate: device, DDP, AMP, accumulation. The scheduler counts optimizer steps, so it is
+    # stepped by us once per optimizer step (Accelerate would step it num_processes times).
+    cpu = use_cpu(cfg.system.num_gpus)
+    precision = resolve_precision(tc.precision, "cpu" if cpu else "cuda")
+    tensorboard = cfg.logging.tensorboard and _tensorboard_available()
+    accelerator = Accelerator(
+        cpu=cpu, mixed_precision=accelerate_mixed_precision(precision),
+        gradient_accumulation_steps=tc.accumulate_grad_batches, step_scheduler_with_optimizer=False,
+        log_with="tensorboard" if tensorboard else None, project_dir=str(run_dir),
+    )
+    try:
+        main = accelerator.is_main_process
+        # Processes share the machine's cores: more threads than cores makes every process slower.
+        setup_threads(max(1, cfg.system.num_cpus // accelerator.num_processes))
+        if not cpu:
+            torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
+            if (cfg.system.num_gpus or 0) > accelerator.num_processes:
+                accelerator.print(f"system.num_gpus is {cfg.system.num_gpus} but this is {accelerator.num_processes} "
+                                  f"process(es), one GPU each; use accelerate launch --num_processes "
+                                  f"{cfg.system.num_gpus} -m pytc.cli train ...")
+        if cfg.logging.tensorboard and not tensorboard:
+            accelerator.print("logging.tensorboard is on but tensorboard is not installed (pip install tensorboard); "
+                              "skipping it")
+        set_seed(cfg.system.seed)  # the same seed on every process: identical initial weights
+
+        model = build_model(cfg.model)
+        criterion = build_loss(cfg.model, cfg.data.targets)
+        optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+        scheduler = build_scheduler(optimizer, cfg.scheduler, tc.iters_per_epoch, total_steps,
+                                    monitor_mode=cfg.checkpoint.mode)
+        ema = build_ema(model, tc.ema_decay).to(accelerator.device) if tc.ema_decay else None
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        raw_model = accelerator.unwrap_model(model)
+
+        # ---- resume: weights, optimizer, scheduler, EMA, scaler, counters (RNG last, just before the loop)
+        step, es = 0, {"best": None, "bad_validations": 0}
+        state = None
+        if resume_from is not None:
+            state = _restore(resume_from, cfg, raw_model, optimizer, scheduler, ema, accelerator)
+            step, es = int(state["step"]), dict(state["early_stopping"])
+            accelerator.print(f"resuming from {resume_from} (step {step})")
+
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_stale(ckpt_dir)
+            _atomic_write(run_dir / "config.yaml", dump_config(cfg))
+            _truncate_metrics(run_dir / "metrics.jsonl", after=step)
+        if tensorboard:
+            accelerator.init_trackers("tensorboard")
+        val_volumes = load_val_volumes(cfg)[: 1 if fast_dev_run else None]
+        loader = build_train_loader(cfg, start_step=step, process_index=accelerator.process_index,
+                                    num_processes=accelerator.num_processes)
+        with torch.random.fork_rng(devices=[]):  # creating the iterator draws a seed; keep the model's RNG stream
+            batches = iter(loader)
+        if state is not None:
+            ckpt.restore_rng_state(state["rng"])
+
+        # ---- the loop: one iteration = one optimizer step over accumulate_grad_batches micro-batches
+        start_step, stopped_early, val_metrics = step, False, {}
+        samples_per_step = cfg.data.batch_size * tc.accumulate_grad_batches * accelerator.num_processes
+        progress = _progress(main, total_steps, step)
+        tick, tick_step = time.perf_counter(), step
+        with progress:
+            while step < total_steps:
+                loss, terms = train_step(accelerator, model, criterion, optimizer, scheduler,
+                                         itertools.islice(batches, tc.accumulate_grad_batches),
+                                         tc.gradient_clip_val, step_scheduler=not is_plateau(scheduler))
+                step += 1
+                if ema is not None:
+                    ema.update_parameters(raw_model)
+                loss_value = accelerator.reduce(loss, "mean").item()  # every process sees the same value
+                if not math.isfinite(loss_value):
+                    last = ckpt.find_resume_checkpoint(run_dir)
+                    raise PytcError(
+                        f"loss became {loss_value} at step {step}; lower optimizer.lr (now "
+                        f"{optimizer.param_groups[0]['lr']:.2e}), set training.gradient_clip_val or use precision 32 "
+                        f"— last good checkpoint: {last if last else 'none saved yet'}"
+                    )
+                lr = optimizer.param_groups[0]["lr"]
+                progress.update(0, completed=step, loss=loss_value, lr=lr)
+                if step % log_every == 0 or step == total_steps:
+                    now = time.perf_counter()
+                    rate = (step - tick_step) * samples_per_step / max(now - tick, 1e-9)
+                    tick, tick_step = now, step
+                    names = sorted(terms)  # loss terms averaged over processes, like the loss
+                    values = accelerator.reduce(torch.stack([terms[k] for k in names]), "mean").tolist() if names else []
+                    _log(accelerator, run_dir, step, {"epoch": step / tc.iters_per_epoch, "loss": loss_value,
+                                                      **{f"loss/{k}": v for k, v in zip(names, values)},
+                                                      "lr": lr, "samples_per_s": rate})
+
+                finished = step == total_steps
+                validated = False
+                if val_volumes and (step % tc.val_check_interval == 0 or finished):
+                    eval_model = ema.module if ema is not None else raw_model
+                    preview = run_dir / "previews" / f"{ckpt.checkpoint_name(step)}.png" if main else None
+                    val_metrics = validate(accelerator, eval_model, criterion, val_volumes, cfg, preview)
+                    validated = True
+                    _log(accelerator, run_dir, step, val_metrics)
+                    accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+                    if is_plateau(scheduler):
+                        scheduler.step(val_metrics[cfg.checkpoint.monitor])
+                    if cfg.early_stopping.enabled:
+                        stopped_early = _early_stop(es, val_metrics, cfg.early_stopping)
+                        if stopped_early:
+                            accelerator.print(
+                                f"early stopping at step {step}: {cfg.early_stopping.monitor} has not improved "
+                                f"for {cfg.early_stopping.patience} validations (best {es['best']:.4f})"
+                            )
+
+                # Save every n steps, at the end, and after a validation that enters the top k. Only
+                # the main process reads the folder and writes; the others wait on a condition they share.
+                cc = cfg.checkpoint
+                scheduled = step % cc.every_n_steps == 0 or finished or stopped_early
+                if main and (scheduled or (validated and ckpt.would_enter_top_k(
+                        ckpt_dir, cc.monitor, cc.mode, cc.save_top_k, val_metrics[cc.monitor]))):
+                    _save(ckpt_dir, step, cfg, raw_model, ema, optimizer, scheduler, accelerator, es,
+                          {"loss": loss_value, **(val_metrics if validated else {})})
+                if scheduled or validated:
+                    accelerator.wait_for_everyone()
+                if stopped_early:
+                    break
+        accelerator.end_training()
+
+        best = ckpt_dir / "best"
+        last = ckpt.find_resume_checkpoint(run_dir)
+        return {
+            "run_dir": str(run_dir),
+            "step": step,
+            "steps_this_run": step - start_step,
+            "best_checkpoint": str(ckpt.resolve_checkpoint(best)) if best.is_file() else None,
+            "last_checkpoint": str(last) if last else None,
+            "metrics": val_metrics,
+            "stopped_early": stopped_early,
+            "is_main_process": main,
+            "model": raw_model,
+        }
+    finally:
+        _release(accelerator)
+
+
+def train_step(accelerator: "Accelerator", model, criterion, optimizer, scheduler, batches: Iterable[dict],
+               clip_val: Optional[float] = None, step_scheduler: bool = True):
+    """One optimizer step over the micro-batches in ``batches`` (``accumulate_grad_batches`` of them).
+
+    This is the body of :func:`fit`'s loop, factored out so ``bench/train_step.py`` times the real code.
+
+    Returns:
+        ``(loss, terms)``: the detached mean loss over the micro-batches on this process and the
+        mean of each logged loss term.
+    """
+    import torch
+
+    total, sums, n = None, {}, 0
+    for batch in batches:
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+        with accelerator.accumulate(model):  # no DDP all-reduce until the last micro-batch
+            outputs = model(batch["image"])
+            loss, terms = criterion(outputs, batch["target"], batch.get("mask"))
+            accelerator.backward(loss)  # divides by accumulate_grad_batches, scales under fp16
+            if accelerator.sync_gradients and clip_val is not None:
+                accelerator.clip_grad_norm_(model.parameters(), clip_val)
+            optimizer.step()  # a no-op until the accumulation boundary
+            if accelerator.sync_gradients and step_scheduler and not optimizer.step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        total = loss.detach() if total is None else total + loss.detach()
+        for k, v in terms.items():
+            sums[k] = v if k not in sums else sums[k] + v
+        n += 1
+    if n == 0:
+        raise RuntimeError("the training loader ran dry; it is supposed to be endless")
+    return total / n, {k: v / n for k, v in sums.items()}
+
+
+def validate(accelerator: "Accelerator", model, criterion, volumes: list[dict], cfg: "PytcConfig",
+             preview: Optional[Path] = None) -> dict:
+    """Sliding-window prediction of this process's share of ``volumes``; metrics over all of them.
+
+    Metrics pool voxels over volumes: IoU and Dice of ``sigmoid(channel 0) > 0.5`` against target
+    channel 0 (the binary-like first target), and the mean per-volume loss. Masked voxels are ignored.
+    ``preview`` (main process, volume 0): a PNG of the middle section, image | label | prediction.
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = volumes[rank::world]
+    rows = torch.zeros(math.ceil(len(volumes) / world), 6, device=accelerator.device)  # valid, loss, I, U, P, T
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), accelerator.autocast():
+        for i, vol in enumerate(mine):
+            image = torch.as_tensor(vol["image"], device=accelerator.device)
+            target = torch.as_tensor(vol["target"], device=accelerator.device)
+            mask = torch.as_tensor(vol["mask"], device=accelerator.device) if "mask" in vol else None
+            if cfg.model.spatial_dims == 2:  # a stack of sections: slide a 2D window over each z
+                inputs, target = image.transpose(0, 1), target.transpose(0, 1)
+                mask = mask.transpose(0, 1) if mask is not None else None
+            else:
+                inputs, target, mask = image[None], target[None], mask[None] if mask is not None else None
+            logits = sliding_window_inference(
+                inputs, roi_size=list(cfg.data.patch_size), sw_batch_size=cfg.inference.sw_batch_size,
+                predictor=model, overlap=cfg.inference.overlap, mode=cfg.inference.blending,
+            ).float()
+            loss, _ = criterion(logits, target, mask)
+            pred = (logits[:, 0] > 0).float()  # sigmoid(x) > 0.5  <=>  x > 0
+            truth = (target[:, 0] > 0.5).float()
+            valid = mask[:, 0] > 0 if mask is not None else torch.ones_like(pred, dtype=torch.bool)
+            pred, truth = pred * valid, truth * valid
+            inter = (pred * truth).sum()
+            rows[i] = torch.stack([torch.ones_like(inter), loss.float(), inter, pred.sum() + truth.sum() - inter,
+                                   pred.sum(), truth.sum()])
+            if preview is not None and rank == 0 and i == 0:
+                _write_preview(preview, inputs, target, logits)
+    model.train(was_training)
+    rows = accelerator.gather_for_metrics(rows)
+    rows = rows[rows[:, 0] > 0].double().sum(0)
+    n, loss, inter, union, psum, tsum = rows.tolist()
+    return {
+        "val/loss": loss / max(n, 1),
+        "val/iou": inter / union if union > 0 else 1.0,  # nothing predicted, nothing there: perfect
+        "val/dice": 2 * inter / (psum + tsum) if psum + tsum > 0 else 1.0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers (private: fit reads top to bottom, these keep it short)
+
+
+def _resume_checkpoint(resume, run_dir: Path) -> Optional[Path]:
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return ckpt.find_resume_checkpoint(run_dir)  # nothing yet: a fresh start, so `--resume auto` is idempotent
+    return ckpt.resolve_checkpoint(resume)
+
+
+def _restore(path: Path, cfg, raw_model, optimizer, scheduler, ema, accelerator) -> dict:
+    """Load weights and training state from checkpoint ``path`` into the prepared objects."""
+    import torch
+
+    saved = ckpt.read_config(path)
+    for section, differs in (("model", saved.model != cfg.model),
+                             ("optimizer.name", saved.optimizer.name != cfg.optimizer.name),
+                             ("scheduler.name", saved.scheduler.name != cfg.scheduler.name)):
+        if differs:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with other {section} settings; resume with its "
+                "config.yaml (other settings may change) or start a new run directory"
+            )
+    state = ckpt.load_training_state(path)
+    raw_file = path / (ckpt.RAW_WEIGHTS if (path / ckpt.RAW_WEIGHTS).exists() else ckpt.WEIGHTS)
+    ckpt.load_into(raw_model, ckpt.load_weights(raw_file), path)
+    optimizer.load_state_dict(state["optimizer"])
+    sched_state = dict(state["scheduler"])
+    if "lr_lambdas" in sched_state:  # the schedule's shape comes from this config (e.g. a longer max_steps)
+        sched_state["lr_lambdas"] = [None] * len(sched_state["lr_lambdas"])
+    scheduler.load_state_dict(sched_state)
+    if accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        if state.get("ema_n_averaged") is not None:
+            ckpt.load_into(ema.module, ckpt.load_weights(path / ckpt.WEIGHTS), path)
+            ema.n_averaged.copy_(state["ema_n_averaged"])
+        else:  # the run had no EMA before: start averaging from the resumed weights
+            ema.module.load_state_dict(raw_model.state_dict())
+            ema.n_averaged.zero_()
+    return state
+
+
+def _save(ckpt_dir: Path, step: int, cfg, raw_model, ema, optimizer, scheduler, accelerator, es: dict,
+          metrics: dict) -> Path:
+    from pytc.config import dump_config
+
+    training_state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        "ema_n_averaged": ema.n_averaged.detach().cpu().clone() if ema is not None else None,
+        # Every process seeds alike and draws alike (dropout on equal shapes), so rank 0's RNG is everyone's.
+        "rng": ckpt.capture_rng_state(),
+        "early_stopping": dict(es),
+    }
+    cc = cfg.checkpoint
+    path = ckpt.save_checkpoint(
+        ckpt_dir, step,
+        weights=(ema.module if ema is not None else raw_model).state_dict(),
+        raw_weights=raw_model.state_dict() if ema is not None else None,
+        config_yaml=dump_config(cfg), training_state=training_state,
+        meta={"epoch": step / cfg.training.iters_per_epoch, "metrics": metrics, "monitor": cc.monitor,
+              "architecture": cfg.model.architecture, "ema": ema is not None},
+    )
+    ckpt.update_pointers_and_prune(ckpt_dir, cc.monitor, cc.mode, cc.save_top_k, cc.save_last)
+    return path
+
+
+def _early_stop(es: dict, metrics: dict, cfg) -> bool:
+    """Update the early-stopping counters in ``es``; return whether to stop."""
+    value = metrics[cfg.monitor]
+    best = es["best"]
+    improved = best is None or (value < best - cfg.min_delta if cfg.mode == "min" else value > best + cfg.min_delta)
+    if improved:
+        es["best"], es["bad_validations"] = value, 0
+    else:
+        es["bad_validations"] += 1
+    return es["bad_validations"] >= cfg.patience
+
+
+def _log(accelerator, run_dir: Path, step: int, values: dict) -> None:
+    """One JSON line in ``metrics.jsonl`` (main process) and the trackers (TensorBoard)."""
+    if accelerator.is_main_process:
+        with open(run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+    if accelerator.trackers:
+        accelerator.log({k if k.startswith("val/") else f"train/{k}": v for k, v in values.items()}, step=step)
+
+
+def _truncate_metrics(path: Path, after: int) -> None:
+    """Drop log lines past step ``after`` (an interrupted run's tail that a resume will redo)."""
+    if not path.exists():
+        return
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= after
+        except json.JSONDecodeError:  # a line cut short when the run was killed
+            return False
+
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and keep(ln)]
+    _atomic_write(path, "".join(ln + "\n" for ln in lines))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_preview(path: Path, image, target, logits) -> None:
+    """image | label | prediction of the middle section, side by side, as an 8-bit PNG."""
+    import numpy as np
+    from PIL import Image
+
+    def section(x):  # (N, C, [Z,] Y, X) → middle (Y, X) of channel 0
+        x = x[:, 0].float().cpu().numpy()
+        return x[x.shape[0] // 2] if x.ndim == 3 else x[0, x.shape[1] // 2]
+
+    img = section(image)
+    lo, hi = float(img.min()), float(img.max())
+    panels = [(img - lo) / (hi - lo if hi > lo else 1.0), section(target) > 0.5, 1 / (1 + np.exp(-section(logits)))]
+    gap = np.ones((img.shape[0], 2))
+    strip = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    Image.fromarray((np.clip(strip, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _progress(enabled: bool, total: int, completed: int):
+    """A rich progress bar (step, loss, lr, it/s, ETA) on stderr; inert on non-main processes."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Speed(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
+
+    progress = Progress(
+        TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), Speed(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled,
+    )
+    progress.add_task("train", total=total, completed=completed, loss=float("nan"), lr=0.0)
+    return progress
+
+
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _release(accelerator) -> None:
+    """Let the next ``fit`` in this process choose its own precision/device (Accelerate keeps a singleton)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
