@@ -1,0 +1,581 @@
+"""Volume I/O: one addressing scheme, lazy reads, all-or-nothing writes, and conversion.
+
+Addresses (the same in every command)::
+
+    data.h5 / data.hdf5        HDF5; a file holding exactly one dataset needs no key
+    data.h5:volumes/raw        HDF5 dataset by path
+    vol.zarr                   Zarr v2/v3 store; an OME-NGFF image opens its scale 0
+    vol.zarr/some/array        Zarr array inside a store
+    stack.tif / stack.tiff     multi-page TIFF
+    slices_dir/                folder of 2D TIFF/PNG slices in natural order (z2 before z10)
+
+:func:`open_volume` returns a lazy :class:`Volume` (nothing is read until it is sliced, so
+volumes of many GB can be streamed); :func:`create_volume` returns a :class:`VolumeWriter` that
+writes to a temporary sibling (``.out.zarr.pytc-tmp-<pid>``) and renames it into place only when
+closed without error. Voxel sizes are always ordered (z, y, x).
+
+Example:
+    >>> from pytc.io import convert, open_volume
+    >>> convert("raw.h5:main", "raw.zarr", progress=False)["shape"]    # doctest: +SKIP
+    [100, 1024, 1024]
+    >>> with open_volume("raw.zarr") as vol:                             # doctest: +SKIP
+    ...     block = vol[10:20, :256, :256]                               # reads only these chunks
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import re
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from pytc import _io_formats as fmt
+from pytc.choices import Compression
+from pytc.errors import OutputExistsError, VolumeError
+
+__all__ = [
+    "Volume",
+    "VolumeSpec",
+    "VolumeWriter",
+    "convert",
+    "create_volume",
+    "iter_blocks",
+    "open_volume",
+    "parse_spec",
+    "volume_info",
+]
+
+DEFAULT_CHUNK = 64  # 64³ voxels: the usual EM chunk, small enough for random patch reads
+DEFAULT_H5_KEY = "main"  # dataset name used when an HDF5 destination names none
+BLOCK_BYTES = 16 * 2**20  # one copy block: big enough to keep every core compressing, small in RAM
+MAX_BLOCK_BYTES = 128 * 2**20  # ...unless source and destination chunks disagree (see _copy_plan)
+WORKERS = max(2, min(4, os.cpu_count() or 2))  # reads overlap writes even on 2 cores
+
+_ZARR_RE = re.compile(r"^(?P<path>.*?\.zarr)(?:[/:](?P<key>.*))?$", re.IGNORECASE)
+_H5_RE = re.compile(r"^(?P<path>.*?\.(?:h5|hdf5|hdf))(?::(?P<key>.*))?$", re.IGNORECASE)
+_SPEC_FORMS = "file.h5[:dataset], vol.zarr[/array], stack.tif or a folder of slices/"
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A parsed volume address: ``format`` is 'hdf5', 'zarr', 'tiff' or 'slices'."""
+
+    text: str
+    format: str
+    path: Path
+    key: str | None = None
+
+
+def parse_spec(spec: str | os.PathLike) -> VolumeSpec:
+    """Split a volume address into format, path on disk and inner key (see the module docs).
+
+    Raises:
+        VolumeError: the address has an extension pytc does not read or write.
+    """
+    text = os.fspath(spec)
+    if not text.strip():
+        raise VolumeError(f"empty volume path; give {_SPEC_FORMS}")
+    for name, regex in (("zarr", _ZARR_RE), ("hdf5", _H5_RE)):
+        match = regex.match(text)
+        if match:
+            key = (match["key"] or "").strip("/") or None
+            return VolumeSpec(text, name, Path(match["path"]), key)
+    path = Path(text)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return VolumeSpec(text, "tiff", path)
+    if path.is_dir() or text.endswith(("/", os.sep)) or not path.suffix:
+        return VolumeSpec(text, "slices", path)
+    raise VolumeError(f"cannot tell the format of {text} ({path.suffix} is not supported); use {_SPEC_FORMS}")
+
+
+class Volume:
+    """Lazy, read-only, array-like view of a volume on disk (see :func:`open_volume`).
+
+    Attributes: ``shape dtype ndim chunks compression voxel_size format spec path key``.
+    Indexing with ints, slices and ``...`` reads only the requested region and returns numpy.
+    """
+
+    def __init__(self, reader, spec: VolumeSpec):
+        self._reader, self._spec = reader, spec
+        self.shape: tuple[int, ...] = tuple(int(n) for n in reader.shape)
+        self.dtype: np.dtype = np.dtype(reader.dtype)
+        self.chunks: tuple[int, ...] | None = tuple(reader.chunks) if reader.chunks else None
+        self.compression: str | None = reader.compression
+        self.voxel_size: tuple[float, float, float] | None = reader.voxel_size
+        self.format: str = reader.format
+        self.path: Path = reader.path
+        self.key: str | None = reader.key
+        self._closed = False
+
+    spec = property(lambda self: self._spec.text, doc="The address this volume was opened with.")
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: math.prod(self.shape))
+    nbytes = property(lambda self: self.size * self.dtype.itemsize)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if self._closed:
+            raise ValueError(f"volume {self.spec} is closed")
+        sel, flip, out_shape = fmt.normalize_index(index, self.shape)
+        if any(s.stop <= s.start for s in sel):
+            return np.empty(out_shape, self.dtype)
+        return fmt.flip(np.asarray(self._reader.read(sel), dtype=self.dtype), flip).reshape(out_shape)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Volume({self.spec!r}, shape={self.shape}, dtype={self.dtype}, format={self.format!r})"
+
+    def __reduce__(self):  # re-open by address in another process (e.g. data-loader workers)
+        return open_volume, (self.spec,)
+
+    def disk_bytes(self) -> int:
+        """Bytes the stored (compressed) data takes on disk."""
+        return int(self._reader.disk_bytes())
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._reader.close()
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_volume(spec: str | os.PathLike) -> Volume:
+    """Open a volume lazily: only metadata is read until the volume is sliced.
+
+    Args:
+        spec: a volume address, e.g. ``"data.h5:raw"``, ``"vol.zarr"``, ``"stack.tif"``, ``"slices/"``.
+
+    Returns:
+        A :class:`Volume`; use it as a context manager or call ``close()``.
+
+    Raises:
+        VolumeError: missing or unreadable file, unknown extension, missing/ambiguous dataset key.
+    """
+    vs = parse_spec(spec)
+    if not vs.path.exists():
+        raise VolumeError(f"{vs.path} does not exist; check the path")
+    if vs.format in ("hdf5", "tiff") and vs.path.is_dir():
+        raise VolumeError(
+            f"{vs.path} is a folder, not {'an HDF5' if vs.format == 'hdf5' else 'a TIFF'} file; check the path"
+        )
+    if vs.format in ("zarr", "slices") and not vs.path.is_dir():
+        what = "a Zarr store (a folder)" if vs.format == "zarr" else "a folder of slices"
+        raise VolumeError(f"{vs.path} is a file, not {what}; use {_SPEC_FORMS}")
+    if vs.format == "hdf5":
+        reader = fmt.H5Reader(vs.path, vs.key)
+    elif vs.format == "zarr":
+        reader = fmt.ZarrReader(vs.path, vs.key)
+    elif vs.format == "tiff":
+        reader = fmt.TiffReader(vs.path)
+    else:
+        reader = fmt.SlicesReader(vs.path)
+    return Volume(reader, vs)
+
+
+# ------------------------------------------------------------------------------------ writing --
+class VolumeWriter:
+    """Writable handle from :func:`create_volume`; data lands under its final name on commit.
+
+    Assign with numpy-style indices (``out[0:64, :, :] = block``). ``commit()``/``close()`` (or
+    leaving a ``with`` block normally) renames the temporary into place; ``abort()`` (or an
+    exception inside the ``with`` block) deletes it. TIFF outputs are streamed page by page, so
+    reading back (``out[...]``) works only for HDF5 and Zarr.
+    """
+
+    def __init__(self, backend, spec: VolumeSpec, shape, dtype, voxel_size, tmp: Path, final: Path):
+        self._backend, self._spec, self._tmp, self._final = backend, spec, tmp, final
+        self.shape, self.dtype, self.voxel_size = tuple(shape), np.dtype(dtype), voxel_size
+        self.chunks: tuple[int, ...] = tuple(backend.chunks)
+        self.format = spec.format
+        self._done = False
+
+    spec = property(lambda self: self._spec.text)
+    ndim = property(lambda self: len(self.shape))
+
+    def __setitem__(self, index, value) -> None:
+        sel, flip, out_shape = fmt.normalize_index(index, self.shape)
+        sel_shape = tuple(len(range(s.start, s.stop, s.step)) for s in sel)
+        if 0 in sel_shape:
+            return
+        value = np.broadcast_to(np.asarray(value), out_shape).reshape(sel_shape)
+        self._backend.write(sel, fmt.flip(value, flip))
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not hasattr(self._backend, "read"):
+            raise TypeError(f"{self.format} outputs are write-only while being written")
+        sel, flip, out_shape = fmt.normalize_index(index, self.shape)
+        if any(s.stop <= s.start for s in sel):
+            return np.empty(out_shape, self.dtype)
+        return fmt.flip(np.asarray(self._backend.read(sel)), flip).reshape(out_shape)
+
+    def commit(self) -> None:
+        """Finish writing and move the data to its final name (replacing the old one)."""
+        if self._done:
+            return
+        try:
+            self._backend.finish()
+            fmt.swap_in(self._tmp, self._final)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    close = commit
+
+    def abort(self) -> None:
+        """Discard everything written; the destination is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._backend.abort()
+        finally:
+            fmt.remove_path(self._tmp)
+
+    def __enter__(self) -> VolumeWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    try:
+        out = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or any(n < 1 for n in out):
+        raise VolumeError(f"shape must be a tuple of positive integers; got {shape!r}")
+    return out
+
+
+def _check_chunks(chunks, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if chunks is None:
+        return tuple([1] * (len(shape) - 3) + [max(1, min(DEFAULT_CHUNK, n)) for n in shape[-3:]])
+    try:
+        out = tuple(int(c) for c in chunks)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != len(shape) or any(c < 1 for c in out):
+        raise VolumeError(
+            f"chunks must be {len(shape)} positive integers (one per axis of shape {shape}); got {chunks!r}"
+        )
+    return tuple(max(1, min(c, n)) for c, n in zip(out, shape))
+
+
+def _check_compression(compression) -> str:
+    try:
+        return Compression(getattr(compression, "value", compression)).value
+    except ValueError:
+        choices = ", ".join(c.value for c in Compression)
+        raise VolumeError(f"unknown compression {compression!r}; choose one of {choices}") from None
+
+
+def _check_voxel_size(voxel_size) -> tuple[float, float, float] | None:
+    if voxel_size is None:
+        return None
+    size = fmt.as_voxel_size(voxel_size)
+    if size is None or len(np.ravel(voxel_size)) != 3:
+        raise VolumeError(f"voxel size must be three positive numbers (z, y, x); got {voxel_size!r}")
+    return size
+
+
+def _h5_has_key(path: Path, key: str) -> bool | None:
+    """True/False if the HDF5 file has ``key``; None if it is not a readable HDF5 file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return key in f
+    except OSError:
+        return None
+
+
+def create_volume(
+    spec: str | os.PathLike,
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...] | None = None,
+    compression: Compression | str = "gzip",
+    voxel_size: tuple[float, float, float] | None = None,
+    force: bool = False,
+) -> VolumeWriter:
+    """Create a volume for writing; it appears under ``spec`` only once committed.
+
+    Args:
+        spec: destination address. ``out.zarr`` writes an OME-NGFF 0.5 image (array ``0``),
+            ``out.zarr/path`` a plain array, ``out.h5[:key]`` a dataset (default key ``main``;
+            other datasets of an existing file are kept), ``out.tif`` a multi-page TIFF,
+            ``out_dir/`` one ``slice_00000.tif`` per z-plane.
+        shape, dtype: of the volume. TIFF and slice folders hold 3D volumes.
+        chunks: HDF5/Zarr chunk shape (default 64 per spatial axis, clipped to the shape);
+            TIFF outputs are written page by page and ignore it.
+        compression: gzip, zstd, lz4 or none (HDF5 zstd/lz4 need ``hdf5plugin``; TIFF has no lz4).
+        voxel_size: (z, y, x), stored in the format's usual place.
+        force: replace an existing destination (only when the new one is committed).
+
+    Returns:
+        A :class:`VolumeWriter`; use it as a context manager.
+
+    Raises:
+        OutputExistsError: the destination exists and ``force`` is False.
+        VolumeError: invalid shape/chunks/compression/voxel size for this format.
+    """
+    vs = parse_spec(spec)
+    shape, dtype = _check_shape(shape), np.dtype(dtype)
+    compression, voxel_size = _check_compression(compression), _check_voxel_size(voxel_size)
+    chunks = _check_chunks(chunks, shape)
+    path = vs.path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    in_store = vs.format == "zarr" and vs.key is not None and path.is_dir()  # new array, existing store
+    final = path / vs.key if in_store else path
+    fmt.clean_stale(final)
+
+    exists = final.exists() and not (vs.format == "slices" and final.is_dir() and not any(final.iterdir()))
+    if vs.format == "hdf5":
+        writer, extra = fmt.H5Writer, {"key": vs.key or DEFAULT_H5_KEY, "base": None}
+        if exists and vs.key is not None and final.is_file():  # maybe only a new dataset in the file
+            has_key = _h5_has_key(final, extra["key"])
+            exists = has_key is not False
+            extra["base"] = final if has_key is not None else None  # keep the file's other datasets
+    elif vs.format == "zarr" and in_store:
+        v2 = not (path / "zarr.json").exists() and any((path / f).exists() for f in (".zgroup", ".zarray"))
+        writer, extra = fmt.ZarrWriter, {"store": path, "zarr_format": 2 if v2 else 3}
+    elif vs.format == "zarr":
+        ome = path.name[: -len(".zarr")] if vs.key is None else None  # a bare out.zarr is an OME image
+        writer, extra = fmt.ZarrWriter, {"name": vs.key or "0", "ome": ome}
+    else:
+        writer, extra = fmt.TiffWriter if vs.format == "tiff" else fmt.SlicesWriter, {}
+    if exists and not force:
+        raise OutputExistsError(f"{vs.text} exists; pass --force to overwrite")
+
+    tmp = final.with_name(f".{final.name}{fmt.TMP_TAG}{os.getpid()}")
+    fmt.remove_path(tmp)
+    try:
+        backend = writer(tmp, shape, dtype, chunks, compression, voxel_size, **extra)
+    except BaseException:
+        fmt.remove_path(tmp)
+        raise
+    return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final)
+
+
+# --------------------------------------------------------------------------- blockwise copies --
+def iter_blocks(
+    shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int, max_bytes: int | None = None
+) -> Iterator[tuple[slice, ...]]:
+    """Tile ``shape`` with blocks that are whole multiples of ``chunks`` and at most ``max_bytes``.
+
+    Blocks grow along the last axes first (contiguous rows read fastest), but never below one
+    chunk, so each chunk is read or written exactly once. Yields tuples of slices in C order.
+    """
+    max_bytes = BLOCK_BYTES if max_bytes is None else max_bytes
+    chunks = tuple(max(1, min(int(c), int(n))) for c, n in zip(chunks, shape))
+    block = list(chunks)
+    for axis in reversed(range(len(shape))):
+        n_chunks = -(-shape[axis] // chunks[axis])
+        others = itemsize * math.prod(block[:axis] + block[axis + 1 :])
+        fit = max(1, max_bytes // max(1, others * chunks[axis]))
+        block[axis] = chunks[axis] * min(n_chunks, fit)
+        if fit < n_chunks:
+            break
+    for start in itertools.product(*(range(0, n, b) for n, b in zip(shape, block))):
+        yield tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, block, shape))
+
+
+def _copy_plan(src_chunks, dst_chunks, shape, itemsize) -> tuple[tuple[int, ...], int]:
+    """Block unit and byte budget for copying: blocks aligned to both chunkings, so each source
+    chunk (or compressed TIFF page) is decoded once and each destination chunk written once.
+    When that unit is huge (e.g. 4096² pages into 64³ chunks), align to the destination only and
+    use bigger blocks, so that source chunks are decoded a few times rather than many."""
+    unit = tuple(min(n, math.lcm(s, d)) for s, d, n in zip(src_chunks or dst_chunks, dst_chunks, shape))
+    size = math.prod(unit) * itemsize
+    if size <= BLOCK_BYTES:
+        return unit, BLOCK_BYTES
+    return (unit, size) if size <= MAX_BLOCK_BYTES else (tuple(dst_chunks), MAX_BLOCK_BYTES)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, description: str, total: int):
+    if not show:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a bar in a log file or pipe is only noise
+        yield lambda n: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True, console=console) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _map_blocks(task: Callable, blocks, itemsize: int, show: bool, description: str, total: int):
+    """Run ``task(sel)`` over blocks on a small thread pool (reads overlap compression, which
+    releases the GIL); yields results in order. At most 2×WORKERS blocks are queued at once."""
+    pending: deque = deque()
+    with _progress(show, description, total) as advance, ThreadPoolExecutor(WORKERS, "pytc-io") as pool:
+        try:
+            for sel in blocks:
+                pending.append((pool.submit(task, sel), sel))
+                while len(pending) >= 2 * WORKERS:
+                    future, done = pending.popleft()
+                    yield future.result()
+                    advance(math.prod(s.stop - s.start for s in done) * itemsize)
+            while pending:
+                future, done = pending.popleft()
+                yield future.result()
+                advance(math.prod(s.stop - s.start for s in done) * itemsize)
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    chunks: tuple[int, ...] | None = None,
+    compression: Compression | str = "gzip",
+    voxel_size: tuple[float, float, float] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Copy a volume to another format or layout, bit-exact, in bounded memory.
+
+    Blocks aligned to the destination chunks (usually :data:`BLOCK_BYTES`, a few in flight)
+    are copied on a small thread pool; the whole volume is never loaded. A 2D source is written
+    as one z-slice, (1, Y, X), the way TIFF files and slice folders always read. The voxel size
+    is kept unless ``voxel_size`` is given.
+
+    Args:
+        src, dst: volume addresses (see the module docs); ``src`` is only read.
+        chunks, compression, voxel_size, force: as in :func:`create_volume`.
+        progress: show a transient progress bar on stderr.
+
+    Returns:
+        ``{"src", "dst", "shape", "dtype", "bytes", "seconds"}`` (bytes = uncompressed size).
+
+    Example:
+        >>> convert("cremi.h5:volumes/raw", "raw.zarr", chunks=(32, 256, 256))  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    with open_volume(src) as source:
+        flat = source.ndim == 2  # a 2D image becomes one z-slice
+        shape = (1, *source.shape) if flat else source.shape
+        src_chunks = source.chunks and ((1, *source.chunks) if flat else source.chunks)
+        vsize = voxel_size if voxel_size is not None else source.voxel_size
+        itemsize = source.dtype.itemsize
+        with create_volume(dst, shape, source.dtype, chunks, compression, vsize, force) as out:
+
+            def copy(sel):
+                out[sel] = source[sel[1:]] if flat else source[sel]
+
+            unit, max_bytes = _copy_plan(src_chunks, out.chunks, shape, itemsize)
+            blocks = iter_blocks(shape, unit, itemsize, max_bytes)
+            label = f"convert → {Path(os.fspath(dst)).name}"
+            for _ in _map_blocks(copy, blocks, itemsize, progress, label, source.nbytes):
+                pass
+    return {
+        "src": os.fspath(src),
+        "dst": os.fspath(dst),
+        "shape": list(shape),
+        "dtype": str(source.dtype),
+        "bytes": int(source.nbytes),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _block_stats(block: np.ndarray, labels: bool) -> dict:
+    return {
+        "min": block.min(),
+        "max": block.max(),
+        "sum": block.sum(dtype=np.float64),
+        "labels": np.unique(block) if labels else None,
+    }
+
+
+def volume_info(spec: str | os.PathLike, stats: bool = False, progress: bool = False) -> dict:
+    """Describe a volume: format, path, key, shape, dtype, chunks, compression, voxel size, sizes.
+
+    Args:
+        spec: a volume address.
+        stats: also compute ``min``, ``max``, ``mean`` (float64 accumulation) and, for integer
+            volumes, ``n_labels`` (distinct values) — chunk by chunk, in bounded memory.
+        progress: show a progress bar while computing stats.
+
+    Returns:
+        A JSON-serialisable dict; ``nbytes`` is the uncompressed size, ``disk_bytes`` the stored one.
+    """
+    with open_volume(spec) as vol:
+        info = {
+            "format": vol.format,
+            "path": str(vol.path),
+            "key": vol.key,
+            "shape": list(vol.shape),
+            "dtype": str(vol.dtype),
+            "chunks": list(vol.chunks) if vol.chunks else None,
+            "compression": vol.compression,
+            "voxel_size": list(vol.voxel_size) if vol.voxel_size else None,
+            "nbytes": int(vol.nbytes),
+            "disk_bytes": vol.disk_bytes(),
+        }
+        if stats:
+            info.update(_volume_stats(vol, progress))
+    return info
+
+
+def _volume_stats(vol: Volume, progress: bool) -> dict:
+    count_labels = vol.dtype.kind in "iub"
+    result: dict = {"min": None, "max": None, "mean": None}
+    if count_labels:
+        result["n_labels"] = 0
+    if vol.size == 0:
+        return result
+    unit = vol.chunks or _check_chunks(None, vol.shape)
+    blocks = iter_blocks(vol.shape, unit, vol.dtype.itemsize)
+    lo, hi, total = None, None, 0.0
+    labels, fresh = np.empty(0, vol.dtype), []
+    for part in _map_blocks(
+        lambda sel: _block_stats(vol[sel], count_labels), blocks, vol.dtype.itemsize, progress, "stats", vol.nbytes
+    ):
+        lo = part["min"] if lo is None else min(lo, part["min"])
+        hi = part["max"] if hi is None else max(hi, part["max"])
+        total += float(part["sum"])
+        if count_labels:
+            fresh.append(part["labels"])
+            if sum(len(f) for f in fresh) > len(labels) + 2**20:  # merge in batches, not per block
+                labels, fresh = np.unique(np.concatenate([labels, *fresh])), []
+    result.update(min=np.asarray(lo).item(), max=np.asarray(hi).item(), mean=total / vol.size)
+    if count_labels:
+        result["n_labels"] = int(np.unique(np.concatenate([labels, *fresh])).size)
+    return result
