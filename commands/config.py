@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="Show a resolved config or the config JSON Schema.", no_args_is_help=True)
+app = typer.Typer(help="Show a resolved config or the config JSON Schema.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("show")
