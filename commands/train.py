@@ -25,7 +25,7 @@ def train(
         bool, typer.Option("--fast-dev-run", help="Smoke test: 1 step, 1 validation volume, 1 checkpoint.")
     ] = False,
     run_dir: Annotated[
-        Optional[str], typer.Option("--run-dir", help="Run directory; default: system.output_dir.", show_default=False)
+        Optional[str], typer.Option("--run-dir", help="Run directory; default: system.output_dir, else runs/<config name>.", show_default=False)
     ] = None,
 ) -> None:
     """Train a model from a YAML config.
@@ -36,7 +36,11 @@ def train(
     from pytc.config import load_config
     from pytc.engine import fit  # imports torch: only when training, never for `pytc --help`
 
-    summary = fit(load_config(config, overrides), run_dir=run_dir, resume=resume, fast_dev_run=fast_dev_run)
+    from pathlib import Path
+
+    cfg = load_config(config, overrides)
+    run_dir = run_dir or cfg.system.output_dir or str(Path("runs") / Path(config).stem)
+    summary = fit(cfg, run_dir=run_dir, resume=resume, fast_dev_run=fast_dev_run)
     if summary.get("is_main_process", True):
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items()) or "no validation data"
         typer.echo(f"Run directory: {summary['run_dir']} (step {summary['step']})")

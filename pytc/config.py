@@ -51,7 +51,9 @@ class SystemConfig(_Section):
     num_gpus: Optional[int] = Field(None, ge=0, description="GPUs to use; null = all visible, 0 = CPU only.")
     num_cpus: int = Field(4, ge=0, description="CPU threads for torch and data loading helpers.")
     seed: int = Field(42, description="Random seed for weights, sampling and augmentation.")
-    output_dir: str = Field("runs/pytc", description="Run directory: resolved config, checkpoints, logs.")
+    output_dir: Optional[str] = Field(
+        None, description="Run directory (config, checkpoints, logs); null = runs/<config file name>."
+    )
 
 
 class ModelConfig(_Section):

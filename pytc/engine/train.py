@@ -49,7 +49,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
     Args:
         cfg: The resolved config.
-        run_dir: Where the run writes (default ``cfg.system.output_dir``): ``config.yaml``,
+        run_dir: Where the run writes (default ``cfg.system.output_dir``, else ``runs/pytc``): ``config.yaml``,
             ``metrics.jsonl``, ``previews/``, ``checkpoints/`` and ``tensorboard/``.
         resume: ``"auto"`` (the newest complete checkpoint of ``run_dir``, or a fresh start if there
             is none) or a checkpoint path. Resuming on CPU reproduces an uninterrupted run bit for bit.
@@ -84,7 +84,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         if monitor not in VAL_METRICS:
             raise ConfigError(f"{key} is {monitor!r}; use one of {', '.join(VAL_METRICS)}")
     tc = cfg.training
-    run_dir = Path(run_dir if run_dir is not None else cfg.system.output_dir)
+    run_dir = Path(run_dir or cfg.system.output_dir or "runs/pytc")
     ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
     resume_from = _resume_checkpoint(resume, run_dir)
     if resume_from is None and ckpt.list_checkpoints(ckpt_dir):
