@@ -34,6 +34,10 @@ test-slow: install
 bench: install
 	$(PY) bench/startup.py
 	$(PY) bench/convert.py
+	$(PY) bench/train_step.py
+	$(PY) bench/infer.py
+	$(PY) bench/decode.py
+	$(PY) bench/evaluate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -67,6 +67,43 @@ def _dir_bytes(path: Path) -> int:
     return sum((Path(root) / f).stat().st_size for root, _, files in os.walk(path) for f in files)
 
 
+# ---------------------------------------------------------------------------------- attributes --
+class Incompatible(Exception):
+    """A partial store cannot be resumed (other shape/dtype/chunks, or unreadable); start it over."""
+
+
+def to_h5_attr(value):
+    """A JSON-able value as an HDF5 attribute: strings, numbers, bools and regular numeric or string
+    lists natively; anything else (None, dicts, ragged or mixed lists) as its JSON text."""
+    import h5py
+
+    if isinstance(value, (str, bool, int, float, np.generic)):
+        return value
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and value:
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # ragged
+            arr = None
+        if arr is not None and arr.dtype.kind in "biuf":
+            return arr
+        if arr is not None and arr.ndim == 1 and all(isinstance(v, str) for v in value):
+            return np.asarray(value, dtype=h5py.string_dtype())
+    return json.dumps(value)
+
+
+def from_h5_attr(value):
+    """An HDF5 attribute as a plain Python value (lists, str, int, float, bool)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return [from_h5_attr(v) for v in value] if value.dtype.kind in "OSU" else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 # ------------------------------------------------------------- indexing and commit helpers --
 TMP_TAG, OLD_TAG = ".pytc-tmp-", ".pytc-old-"
 
@@ -185,6 +222,7 @@ class H5Reader:
         self.compression = obj.compression or next(
             (_H5_PLUGIN_NAMES.get(int(f), str(f)) for f in obj._filters if str(f).isdigit()), None
         )
+        self.attrs = {str(k): from_h5_attr(v) for k, v in obj.attrs.items()}
         self.voxel_size = None
         for attrs in (obj.attrs, self._file.attrs):
             for name in ("voxel_size", "resolution", "element_size_um"):
@@ -223,11 +261,17 @@ def _h5_filter_kwargs(compression: str) -> dict:
 
 
 class H5Writer:
-    """Writes one dataset into a fresh file at ``tmp``, first copying ``base``'s other objects."""
+    """Writes one dataset into a fresh file at ``tmp``, first copying ``base``'s other objects.
+    With ``resume``, reopens the dataset of an existing ``tmp`` instead (:class:`Incompatible` when
+    it is unreadable or differs in shape, dtype or chunks)."""
 
-    def __init__(self, tmp: Path, shape, dtype, chunks, compression, voxel_size, *, key: str, base=None):
+    def __init__(self, tmp: Path, shape, dtype, chunks, compression, voxel_size, *, key: str, base=None,
+                 resume=False):  # fmt: skip
         import h5py
 
+        if resume:
+            self._reopen(tmp, key, shape, dtype, chunks)
+            return
         kwargs = _h5_filter_kwargs(compression)
         self._file = h5py.File(tmp, "w")
         try:
@@ -247,11 +291,34 @@ class H5Writer:
             raise
         self.chunks = self._ds.chunks
 
+    def _reopen(self, tmp: Path, key: str, shape, dtype, chunks) -> None:
+        import h5py
+
+        try:
+            self._file = h5py.File(tmp, "r+")
+        except OSError as err:  # e.g. a process killed in the middle of an HDF5 write
+            raise Incompatible(_first_line(err)) from None
+        ds = self._file.get(key)
+        if not isinstance(ds, h5py.Dataset) or (ds.shape, ds.dtype, ds.chunks) != (tuple(shape), dtype, tuple(chunks)):
+            self._file.close()
+            raise Incompatible(f"{tmp}:{key} has another layout")
+        self._ds, self.chunks = ds, ds.chunks
+
     def write(self, sel, value) -> None:
         self._ds[sel] = value
 
     def read(self, sel) -> np.ndarray:
         return self._ds[sel]
+
+    def get_attrs(self) -> dict:
+        return {str(k): from_h5_attr(v) for k, v in self._ds.attrs.items()}
+
+    def set_attrs(self, attrs: dict) -> None:
+        for name, value in attrs.items():
+            self._ds.attrs[name] = to_h5_attr(value)
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def finish(self) -> None:
         self._file.close()
@@ -347,6 +414,7 @@ class ZarrReader:
             node = node[inner]
             key = f"{key}/{inner}" if key else inner
         self.key, self._arr = key, node
+        self.attrs = dict(node.attrs)
         self.shape, self.dtype = tuple(node.shape), np.dtype(node.dtype)
         self.chunks = tuple(getattr(node, "shards", None) or node.chunks)
         codecs = [c for c in (node.compressors or ()) if c is not None]
@@ -420,10 +488,19 @@ class ZarrWriter:
     ``ome`` when given), or, with ``store``, at ``tmp`` itself inside that existing store."""
 
     def __init__(self, tmp: Path, shape, dtype, chunks, compression, voxel_size, *, name="0", ome=None, store=None,
-                 zarr_format=3):  # fmt: skip
+                 zarr_format=3, resume=False):  # fmt: skip
         import zarr
 
         root, name = (store, tmp.relative_to(store).as_posix()) if store is not None else (tmp, name)
+        if resume:  # reopen the array of an existing partial store
+            try:
+                self._arr = zarr.open_array(store=str(root), path=name, mode="r+")
+            except (FileNotFoundError, ValueError, KeyError, zarr.errors.BaseZarrError) as err:
+                raise Incompatible(_first_line(err)) from None
+            if (self._arr.shape, np.dtype(self._arr.dtype), self._arr.chunks) != (tuple(shape), dtype, tuple(chunks)):
+                raise Incompatible(f"{root}/{name} has another layout")
+            self.chunks = tuple(self._arr.chunks)
+            return
         kwargs = dict(shape=shape, dtype=dtype, chunks=chunks, fill_value=0)
         kwargs["compressors"] = _zarr_compressors(compression, zarr_format)
         if zarr_format == 3 and len(shape) <= 3:
@@ -445,6 +522,15 @@ class ZarrWriter:
 
     def read(self, sel) -> np.ndarray:
         return np.asarray(self._arr[sel])
+
+    def get_attrs(self) -> dict:
+        return dict(self._arr.attrs)
+
+    def set_attrs(self, attrs: dict) -> None:
+        self._arr.attrs.update(attrs)
+
+    def flush(self) -> None:
+        pass  # every chunk is a file of its own, written when assigned
 
     def finish(self) -> None:
         pass
@@ -556,6 +642,7 @@ class TiffReader:
     """Multi-page TIFF: memory-mapped when uncompressed and contiguous, else read page by page."""
 
     format = "tiff"
+    attrs: dict = {}  # TIFF has no user attributes
 
     def __init__(self, path: Path):
         import tifffile
@@ -620,6 +707,7 @@ class SlicesReader:
     """A folder of 2D TIFF/PNG slices in natural order; only the requested slices are read."""
 
     format = "slices"
+    attrs: dict = {}
 
     def __init__(self, path: Path):
         self.path, self.key = path, None

@@ -84,11 +84,17 @@ def _register() -> None:
     # Imported here (not at the top) only to keep the list of commands in one place.
     from pytc.commands import config as config_cmd
     from pytc.commands import convert as convert_cmd
+    from pytc.commands import decode as decode_cmd
+    from pytc.commands import evaluate as evaluate_cmd
+    from pytc.commands import infer as infer_cmd
     from pytc.commands import info as info_cmd
     from pytc.commands import list_archs as list_archs_cmd
     from pytc.commands import train as train_cmd
 
     app.command("convert")(convert_cmd.convert)
+    app.command("decode")(decode_cmd.decode)
+    app.command("evaluate")(evaluate_cmd.evaluate)
+    app.command("infer")(infer_cmd.infer)
     app.command("info")(info_cmd.info)
     app.command("list-archs")(list_archs_cmd.list_archs)
     app.command("train")(train_cmd.train)

@@ -271,6 +271,9 @@ class InferenceConfig(_Section):
     tta_flips: list[list[int]] = Field(
         [], description="Test-time flips, each a list of spatial axes (0=z, 1=y, 2=x); [] = off."
     )
+    tta_rot90: list[int] = Field(
+        [], description="Test-time in-plane (y, x) quarter turns, e.g. [1, 2, 3], each also with every flip; [] = off."
+    )
     block_size: list[int] = Field(
         [128, 512, 512], min_length=2, max_length=3, description="Out-of-core block read per step (bounds memory)."
     )
@@ -288,6 +291,10 @@ class DecodingConfig(_Section):
     contour_threshold: float = Field(0.3, ge=0, le=1, description="bc-watershed: seeds need contour below this.")
     foreground_threshold: float = Field(0.5, ge=0, le=1, description="bc-watershed: mask of the watershed.")
     merge_thresholds: list[float] = Field([0.5], min_length=1, description="affinity-waterz: agglomeration thresholds.")
+    merge_function: str = Field(
+        "mean", pattern=r"^(mean|quantile-(1[05]|[2-9][05]))$",
+        description="affinity-waterz: edge score, mean or quantile-N (N = 10, 15, ..., 95) of the boundary affinities.",
+    )
 
 
 class EvaluationConfig(_Section):

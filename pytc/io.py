@@ -12,7 +12,11 @@ Addresses (the same in every command)::
 :func:`open_volume` returns a lazy :class:`Volume` (nothing is read until it is sliced, so
 volumes of many GB can be streamed); :func:`create_volume` returns a :class:`VolumeWriter` that
 writes to a temporary sibling (``.out.zarr.pytc-tmp-<pid>``) and renames it into place only when
-closed without error. Voxel sizes are always ordered (z, y, x).
+closed without error. Voxel sizes are always ordered (z, y, x). User attributes (HDF5 dataset
+attributes, Zarr array attributes; JSON-able values) are read with ``Volume.attrs`` and written
+with ``VolumeWriter.set_attrs``. ``create_volume(..., resumable=True)`` writes to a deterministic
+partial store (``.out.zarr.pytc-partial``) that a later run with the same destination reopens,
+with a record folder for the caller's bookkeeping (e.g. finished blocks), dropped on commit.
 
 Example:
     >>> from pytc.io import convert, open_volume
@@ -56,6 +60,8 @@ __all__ = [
 
 DEFAULT_CHUNK = 64  # 64³ voxels: the usual EM chunk, small enough for random patch reads
 DEFAULT_H5_KEY = "main"  # dataset name used when an HDF5 destination names none
+PARTIAL_TAG = ".pytc-partial"  # suffix of a resumable writer's partial store (no pid: a rerun finds it)
+RECORD_DIR = ".pytc-record"  # the bookkeeping folder of a partial store
 BLOCK_BYTES = 16 * 2**20  # one copy block: big enough to keep every core compressing, small in RAM
 MAX_BLOCK_BYTES = 128 * 2**20  # ...unless source and destination chunks disagree (see _copy_plan)
 WORKERS = max(2, min(4, os.cpu_count() or 2))  # reads overlap writes even on 2 cores
@@ -100,8 +106,10 @@ def parse_spec(spec: str | os.PathLike) -> VolumeSpec:
 class Volume:
     """Lazy, read-only, array-like view of a volume on disk (see :func:`open_volume`).
 
-    Attributes: ``shape dtype ndim chunks compression voxel_size format spec path key``.
-    Indexing with ints, slices and ``...`` reads only the requested region and returns numpy.
+    Attributes: ``shape dtype ndim chunks compression voxel_size format spec path key attrs``
+    (``attrs``: the user attributes of an HDF5 dataset or Zarr array as plain JSON-able values;
+    empty for TIFF and slices). Indexing with ints, slices and ``...`` reads only the requested
+    region and returns numpy.
     """
 
     def __init__(self, reader, spec: VolumeSpec):
@@ -117,6 +125,7 @@ class Volume:
         self._closed = False
 
     spec = property(lambda self: self._spec.text, doc="The address this volume was opened with.")
+    attrs = property(lambda self: dict(self._reader.attrs), doc="User attributes (a copy; JSON-able values).")
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: math.prod(self.shape))
     nbytes = property(lambda self: self.size * self.dtype.itemsize)
@@ -199,17 +208,54 @@ class VolumeWriter:
     leaving a ``with`` block normally) renames the temporary into place; ``abort()`` (or an
     exception inside the ``with`` block) deletes it. TIFF outputs are streamed page by page, so
     reading back (``out[...]``) works only for HDF5 and Zarr.
+
+    A resumable writer (``create_volume(..., resumable=True)``) keeps its partial store when an
+    exception leaves the ``with`` block (or on :meth:`suspend`), so a later run can reopen it;
+    ``resumed`` tells whether this one did, and ``record_dir`` is a folder that travels with the
+    partial store (inside a Zarr store, beside an HDF5 file) and is removed on commit.
     """
 
-    def __init__(self, backend, spec: VolumeSpec, shape, dtype, voxel_size, tmp: Path, final: Path):
+    def __init__(self, backend, spec: VolumeSpec, shape, dtype, voxel_size, tmp: Path, final: Path,
+                 resumable: bool = False, resumed: bool = False):  # fmt: skip
         self._backend, self._spec, self._tmp, self._final = backend, spec, tmp, final
         self.shape, self.dtype, self.voxel_size = tuple(shape), np.dtype(dtype), voxel_size
         self.chunks: tuple[int, ...] = tuple(backend.chunks)
         self.format = spec.format
+        self.resumable, self.resumed = resumable, resumed
         self._done = False
 
     spec = property(lambda self: self._spec.text)
     ndim = property(lambda self: len(self.shape))
+    partial_path = property(lambda self: self._tmp, doc="Where the data is written until commit.")
+
+    @property
+    def record_dir(self) -> Path:
+        """A folder kept with the partial data (created on first use) and dropped on commit."""
+        path = _record_dir(self._tmp, self.format)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def attrs(self) -> dict:
+        """The user attributes written so far (a copy)."""
+        return self._backend.get_attrs() if hasattr(self._backend, "get_attrs") else {}
+
+    def set_attrs(self, attrs: dict) -> None:
+        """Write user attributes now (JSON-able values). Zarr keeps them as they are; HDF5 keeps
+        strings, numbers and regular lists of numbers or strings natively and stores anything else
+        (dicts, ``None``, empty, ragged or mixed lists) as its JSON text.
+
+        Raises:
+            VolumeError: the format has no attributes (TIFF, slices).
+        """
+        if not hasattr(self._backend, "set_attrs"):
+            raise VolumeError(f"{self.format} outputs have no attributes; write Zarr or HDF5")
+        self._backend.set_attrs(dict(attrs))
+
+    def flush(self) -> None:
+        """Make everything written so far durable in the partial store (HDF5 buffers writes)."""
+        if hasattr(self._backend, "flush"):
+            self._backend.flush()
 
     def __setitem__(self, index, value) -> None:
         sel, flip, out_shape = fmt.normalize_index(index, self.shape)
@@ -233,13 +279,23 @@ class VolumeWriter:
             return
         try:
             self._backend.finish()
+            fmt.remove_path(_record_dir(self._tmp, self.format))
             fmt.swap_in(self._tmp, self._final)
         except BaseException:
-            self.abort()
+            self.suspend()  # a resumable partial store survives a failed rename; others are deleted
             raise
         self._done = True
 
     close = commit
+
+    def suspend(self) -> None:
+        """Close without committing: a resumable partial store stays for a later run (any other
+        writer is aborted)."""
+        if not self.resumable:
+            self.abort()
+        elif not self._done:
+            self._done = True
+            self._backend.finish()
 
     def abort(self) -> None:
         """Discard everything written; the destination is left as it was."""
@@ -249,6 +305,7 @@ class VolumeWriter:
         try:
             self._backend.abort()
         finally:
+            fmt.remove_path(_record_dir(self._tmp, self.format))
             fmt.remove_path(self._tmp)
 
     def __enter__(self) -> VolumeWriter:
@@ -257,8 +314,15 @@ class VolumeWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.commit()
+        elif self.resumable:
+            self.suspend()
         else:
             self.abort()
+
+
+def _record_dir(tmp: Path, format: str) -> Path:
+    # Inside a Zarr store (zarr ignores folders without metadata); beside a file store (HDF5).
+    return tmp / RECORD_DIR if format == "zarr" else tmp.with_name(tmp.name + RECORD_DIR)
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -321,6 +385,7 @@ def create_volume(
     compression: Compression | str = "gzip",
     voxel_size: tuple[float, float, float] | None = None,
     force: bool = False,
+    resumable: bool = False,
 ) -> VolumeWriter:
     """Create a volume for writing; it appears under ``spec`` only once committed.
 
@@ -335,6 +400,11 @@ def create_volume(
         compression: gzip, zstd, lz4 or none (HDF5 zstd/lz4 need ``hdf5plugin``; TIFF has no lz4).
         voxel_size: (z, y, x), stored in the format's usual place.
         force: replace an existing destination (only when the new one is committed).
+        resumable: (HDF5/Zarr) write to ``.<name>.pytc-partial`` beside the destination and keep it
+            when the writer is left by an exception; if such a partial store exists with the same
+            shape, dtype and chunks it is reopened with its data (``writer.resumed``), otherwise
+            it is started over. Several processes may open the same Zarr partial store and write
+            disjoint chunks.
 
     Returns:
         A :class:`VolumeWriter`; use it as a context manager.
@@ -371,14 +441,26 @@ def create_volume(
     if exists and not force:
         raise OutputExistsError(f"{vs.text} exists; pass --force to overwrite")
 
-    tmp = final.with_name(f".{final.name}{fmt.TMP_TAG}{os.getpid()}")
+    if resumable:
+        if vs.format not in ("hdf5", "zarr"):
+            raise VolumeError(f"resumable writes need a Zarr or HDF5 destination; got {vs.text}")
+        tmp = final.with_name(f".{final.name}{PARTIAL_TAG}")
+        if tmp.exists():
+            try:
+                backend = writer(tmp, shape, dtype, chunks, compression, voxel_size, **extra, resume=True)
+                return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final, True, True)
+            except fmt.Incompatible:
+                pass
+        fmt.remove_path(_record_dir(tmp, vs.format))
+    else:
+        tmp = final.with_name(f".{final.name}{fmt.TMP_TAG}{os.getpid()}")
     fmt.remove_path(tmp)
     try:
         backend = writer(tmp, shape, dtype, chunks, compression, voxel_size, **extra)
     except BaseException:
         fmt.remove_path(tmp)
         raise
-    return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final)
+    return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final, resumable)
 
 
 # --------------------------------------------------------------------------- blockwise copies --

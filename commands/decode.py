@@ -1,0 +1,98 @@
+"""`pytc decode` — turn a prediction into instance labels."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pytc.choices import DecodeMethod
+from pytc.commands.convert import VOLUME_FORMS
+from pytc.errors import PytcError
+
+
+def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
+    """'0.3,0.5' → [0.3, 0.5]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise PytcError(f"{option} expects numbers separated by commas, e.g. 0.3,0.5; got {text!r}") from None
+
+
+def decode(
+    pred: Annotated[
+        str, typer.Argument(metavar="PRED", help=f"Prediction from pytc infer: {VOLUME_FORMS}.", show_default=False)
+    ],
+    output: Annotated[
+        str, typer.Option("--output", "-o", metavar="SEG", help="Labels to write, same forms.", show_default=False)
+    ],
+    method: Annotated[
+        Optional[DecodeMethod],
+        typer.Option("--method", "-m", help="Decoder; default: the checkpoint's decoding.method, else threshold.",
+                     show_default=False),
+    ] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help="threshold (and affinity masks): foreground cut-off.")
+    ] = None,
+    min_size: Annotated[
+        Optional[int], typer.Option("--min-size", help="Remove instances smaller than this many voxels.")
+    ] = None,
+    seed_threshold: Annotated[
+        Optional[float], typer.Option("--seed-threshold", help="bc-watershed: foreground needed for a seed.")
+    ] = None,
+    contour_threshold: Annotated[
+        Optional[float], typer.Option("--contour-threshold", help="bc-watershed: seeds need contour below this.")
+    ] = None,
+    foreground_threshold: Annotated[
+        Optional[float], typer.Option("--foreground-threshold", help="bc-watershed: mask of the watershed.")
+    ] = None,
+    merge_thresholds: Annotated[
+        Optional[str],
+        typer.Option("--merge-thresholds", metavar="T,T,...",
+                     help="affinity-waterz: thresholds; several write SEG_t<T> each."),
+    ] = None,
+    merge_function: Annotated[
+        Optional[str],
+        typer.Option("--merge-function", metavar="mean|quantile-N",
+                     help="affinity-waterz: boundary score, mean or quantile-N (N = 10, 15, ..., 95)."),
+    ] = None,
+    channels: Annotated[
+        Optional[str],
+        typer.Option("--channels", metavar="KIND,KIND,...",
+                     help="Channel kinds (binary, contour, affinity, distance) when PRED does not record them."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace SEG if it exists.")] = False,
+) -> None:
+    """Turn a prediction into instance labels (threshold, bc-watershed, waterz, mutex watershed).
+
+    Unset parameters come from the decoding section of the checkpoint's config stored in PRED,
+    else from the defaults (pytc config show).
+    """
+    from pytc.decode import decode_volume
+
+    given = {
+        "threshold": threshold,
+        "min_size": min_size,
+        "seed_threshold": seed_threshold,
+        "contour_threshold": contour_threshold,
+        "foreground_threshold": foreground_threshold,
+        "merge_thresholds": _floats(merge_thresholds, "--merge-thresholds"),
+        "merge_function": merge_function,
+    }
+    summary = decode_volume(
+        pred,
+        output,
+        method=method,
+        params={k: v for k, v in given.items() if v is not None},
+        channels=channels.replace(" ", "").split(",") if channels else None,
+        force=force,
+        progress=True,
+    )
+    shape = "×".join(str(n) for n in summary["shape"])
+    for out in summary["outputs"]:
+        at = "" if out["threshold"] is None else f" (merge threshold {out['threshold']:g})"
+        n = out["instances"]
+        typer.echo(f"Wrote {out['path']}: {n} instance{'s' if n != 1 else ''}{at}")
+    typer.echo(f"{summary['method']}: {shape} {summary['dtype']} labels in {summary['seconds']:.2f} s")

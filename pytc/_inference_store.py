@@ -1,0 +1,158 @@
+"""Prediction stores of :func:`pytc.inference.infer` (private): output addresses, attributes, the
+resume record (fingerprint of the arguments, finished blocks) and the process group.
+
+The record lives in the partial store's record folder (:attr:`pytc.io.VolumeWriter.record_dir`):
+``run.json`` holds the fingerprint of everything that decides the output and the z-score statistics
+(computed once, by rank 0); ``done/<i>`` is an empty file per finished block, created after the
+block's data is flushed. Empty files are atomic and safe to create from several processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from pytc._inference_windows import affinity_layout
+from pytc.errors import ConfigError, VolumeError
+
+log = logging.getLogger("pytc")
+
+DONE_DIR = "done"  # record folder: one empty file per finished block, named by its index
+RUN_FILE = "run.json"  # record folder: fingerprint of the arguments and the z-score statistics
+OUTPUT_FORMS = "out.zarr (the default), out.zarr/array or out.h5:dataset"
+
+
+def check_window_fits(cfg) -> None:
+    """A window other than the training patch must suit the architecture (e.g. divisible by its
+    downsampling): ask its builder on the meta device (no weights allocated)."""
+    from pytc.errors import ModelError
+    from pytc.models.registry import count_parameters
+
+    window = cfg.inference.window_size
+    if window is None or list(window) == list(cfg.model.input_size):
+        return
+    try:
+        count_parameters(cfg.model.model_copy(update={"input_size": list(window)}))
+    except ModelError as err:
+        raise ConfigError(f"inference.window_size {list(window)} does not fit {cfg.model.architecture}: {err}") from None
+
+
+def mark_done(done_dir: Path, index: int) -> None:
+    """Record block ``index`` as finished (an empty file: atomic, and safe from several processes)."""
+    (done_dir / str(index)).touch()
+
+
+class Dist:
+    """Rank, world size, device and barrier: Accelerate's process group under ``accelerate launch``
+    (``WORLD_SIZE`` > 1), otherwise this single process."""
+
+    def __init__(self, num_gpus: Optional[int]):
+        from pytc.runtime import select_device, use_cpu
+
+        self.world, self.rank, self._state = int(os.environ.get("WORLD_SIZE", "1")), 0, None
+        if self.world > 1:
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=use_cpu(num_gpus))
+            self.world, self.rank, self.device = self._state.num_processes, self._state.process_index, self._state.device
+        else:
+            self.device = select_device(num_gpus)
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
+def output_spec(output) -> str:
+    from pytc.io import parse_spec
+
+    text = os.fspath(output)
+    if text and not Path(text).suffix and not text.endswith(("/", os.sep)):
+        text += ".zarr"  # Zarr is the default store
+    if parse_spec(text).format not in ("zarr", "hdf5"):
+        raise VolumeError(f"predictions are (C, Z, Y, X) arrays; write {OUTPUT_FORMS}, not {text}")
+    return text
+
+
+def output_exists(vs) -> bool:
+    if vs.format == "zarr":
+        return (vs.path / vs.key if vs.key else vs.path).exists()
+    if not vs.path.is_file() or vs.key is None:
+        return vs.path.exists()
+    import h5py
+
+    try:
+        with h5py.File(vs.path, "r") as f:
+            return vs.key in f
+    except OSError:
+        return True  # not an HDF5 file: replacing it needs --force
+
+
+def h5_compression(cfg) -> None:
+    """HDF5 zstd/lz4 need the hdf5plugin package; without it fall back to gzip (HDF5's own)."""
+    if cfg.inference.compression in ("zstd", "lz4"):
+        try:
+            import hdf5plugin  # noqa: F401
+        except ImportError:
+            log.warning(f"HDF5 {cfg.inference.compression} compression needs hdf5plugin (pip install hdf5plugin); "
+                        "writing gzip")
+            cfg.inference.compression = "gzip"
+
+
+def zscore_stats(cfg, vol) -> Optional[list[float]]:
+    from pytc.data.volumes import volume_stats
+
+    return list(volume_stats(vol)) if cfg.data.normalize == "zscore" else None
+
+
+def store_attrs(cfg, kinds: list[str], vol, dtype: np.dtype) -> dict:
+    """The attributes of "Prediction stores" (docs/architecture.md)."""
+    from pytc.config import dump_config
+
+    offsets, _ = affinity_layout(cfg.data.targets)
+    attrs: dict[str, Any] = {
+        "pytc_channels": list(kinds),
+        "pytc_scale": 255 if dtype == np.uint8 else 1,
+        "pytc_config": dump_config(cfg),
+    }
+    if "affinity" in kinds:
+        attrs["pytc_offsets"] = [list(o) for o in offsets if o is not None]
+    if vol.voxel_size is not None:
+        attrs["voxel_size"] = [float(v) for v in vol.voxel_size]
+    return attrs
+
+
+def fingerprint(folder: Path, vol, cfg, layout: dict) -> str:
+    """Hash of everything that decides the output: a partial store with another one is started over.
+    The ``system`` section (devices, threads) is left out: a run may resume on other hardware."""
+    from pytc import __version__
+    from pytc.engine.checkpoint import META, WEIGHTS
+
+    weights = (folder / WEIGHTS).stat()
+    facts = {
+        "checkpoint": str(folder.resolve()), "meta": (folder / META).read_text(),
+        "weights": [weights.st_size, weights.st_mtime_ns],
+        "input": [str(Path(vol.path).resolve()), vol.key, list(vol.shape), str(vol.dtype)],
+        "config": cfg.model_dump(mode="json", exclude={"system"}), "version": __version__,
+        "output": [list(layout["shape"]), str(layout["dtype"]), list(layout["chunks"])],
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def read_run(writer) -> Optional[dict]:
+    try:
+        return json.loads((writer.record_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_run(writer, run: dict) -> None:
+    tmp = writer.record_dir / f".{RUN_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(run))
+    os.replace(tmp, writer.record_dir / RUN_FILE)

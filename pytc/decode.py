@@ -1,0 +1,575 @@
+"""Prediction → instance labels.
+
+:func:`decode` turns probabilities ``(C, Z, Y, X)`` (any array-like: numpy, h5py, zarr, a
+:class:`~pytc.io.Volume`) into instance labels; :func:`decode_volume` does the same from a
+prediction store written by ``pytc infer`` to a label volume. The decoders
+(:class:`~pytc.choices.DecodeMethod`):
+
+* ``threshold`` — the binary channel (or the only channel) ``> threshold``, connected components.
+* ``bc-watershed`` — binary + contour, the standard mitochondria/nuclei decoder. Seeds are the
+  connected components of ``binary > seed_threshold and contour < contour_threshold``; a seeded
+  watershed (scikit-image, 6-neighbourhood) floods the elevation ``contour + (1 - binary)`` inside
+  the mask ``binary > foreground_threshold``. The contour term puts the ridges where the network
+  saw borders, so two touching objects split on their predicted contour rather than wherever the
+  two floods happen to meet on a flat foreground; the ``1 - binary`` term makes the floods climb
+  towards the background last. Foreground components without a seed stay background.
+* ``affinity-waterz`` — waterz: watershed fragments from the short-range affinities, then
+  agglomeration by ``merge_function`` for every threshold in ``merge_thresholds``. Only the
+  channels with offsets ``(1,0,0), (0,1,0), (0,0,1)`` (waterz's own order, found by offset, not
+  by position) feed waterz; long-range channels are ignored. Fragments come from waterz's own
+  watershed with its default affinity bounds (voxels with no affinity above 0.0001 stay
+  background; edges above 0.9999 are merged at once). The score of a boundary is
+  ``1 - f(affinities on it)`` (f = mean or a quantile) and regions merge while it is below the
+  threshold: a higher threshold merges more. Several thresholds give several label volumes
+  (a dict ``{threshold: labels}``). Only the scoring functions the waterz wheel ships compiled
+  are offered (:data:`WATERZ_SCORES`); the others would need a C++ compiler and Boost at run time.
+* ``mutex-watershed`` — mwatershed, the original mutex watershed formulation (Wolf et al. 2018):
+  short-range channels (offsets with ``max |o| == 1``) are attractive edges of weight ``a``,
+  long-range channels repulsive edges of weight ``1 - a``; all edges are processed greedily by
+  decreasing weight. In mwatershed's signed encoding this is
+  ``mwatershed.agglom(w, offsets=[-o for o in offsets])`` with ``w = a`` (short) and
+  ``w = a - 1`` (long), float64. The offsets are negated because pytc's channel for ``o`` links
+  ``v`` with ``v - o`` (see :mod:`pytc.data.targets`) and mwatershed links ``v`` with ``v + o``.
+  Offsets at least as long as an axis link nothing and are left out.
+  The mutex watershed has no notion of background: it breaks background into fragments of its
+  own (voxels that join nothing come back as 0); a binary channel masks them (below), or
+  ``min_size`` removes the small ones.
+
+Common to all: connected components use 26-connectivity (:data:`CONNECTIVITY`); when an affinity
+prediction also has a binary channel, voxels with ``binary <= threshold`` are set to background;
+instances with fewer than ``min_size`` voxels are removed; labels are renumbered 1..N (0 =
+background), uint32, or uint64 when N needs it. Parameter defaults live in
+:class:`pytc.config.DecodingConfig`.
+
+Example:
+    >>> import numpy as np
+    >>> pred = np.zeros((1, 4, 8, 8), np.float32); pred[0, 1:3, 1:3, 1:3] = 0.9; pred[0, 1:3, 5:8, 5:8] = 0.8
+    >>> labels = decode(pred, "threshold", min_size=2)
+    >>> labels.dtype, int(labels.max())
+    (dtype('uint32'), 2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, get_args
+
+import numpy as np
+
+from pytc.choices import DecodeMethod
+from pytc.errors import ConfigError, DataError, OutputExistsError, VolumeError
+
+if TYPE_CHECKING:
+    from pytc.config import DecodingConfig
+
+__all__ = ["CONNECTIVITY", "WATERZ_SCORES", "decode", "decode_volume", "decoding_params"]
+
+# 26 (faces, edges and corners) is the full neighbourhood scikit-image's `label` uses, which the
+# PyTC decoders relied on: thin oblique processes and objects that shift between anisotropic
+# sections stay in one piece. (The watershed itself floods over faces only, scikit-image's default.)
+CONNECTIVITY = 26
+
+# The scoring functions compiled into the waterz 0.10 wheel, by the names DecodingConfig uses.
+# Quantiles initialise new edges with the max affinity (waterz's InitWithMax default).
+WATERZ_SCORES = {
+    "mean": "OneMinus<MeanAffinity<RegionGraphType,ScoreValue>>",
+    **{
+        f"quantile-{q}": f"OneMinus<HistogramQuantileAffinity<RegionGraphType,{q},ScoreValue,256,true>>"
+        for q in range(10, 100, 5)
+    },
+}
+
+_UNIT_OFFSETS = ((1, 0, 0), (0, 1, 0), (0, 0, 1))  # waterz's channel order: z, y, x neighbours
+
+
+def decode(
+    pred: Any,
+    method: DecodeMethod | str,
+    channels: Optional[Sequence[str]] = None,
+    offsets: Optional[Sequence[Sequence[int]]] = None,
+    **params: Any,
+) -> np.ndarray | dict[float, np.ndarray]:
+    """Turn probabilities into instance labels (the whole volume is decoded in memory).
+
+    Args:
+        pred: Probabilities in [0, 1], ``(C, Z, Y, X)``, or ``(Z, Y, X)`` for one channel; any
+            array-like. Only the channels the method needs are read, one at a time.
+        method: A :class:`~pytc.choices.DecodeMethod` or its value (``"bc-watershed"``, ...).
+        channels: Kind of every channel (``binary``, ``contour``, ``affinity``, ``distance``);
+            ``None`` is allowed for a one-channel prediction (taken as binary).
+        offsets: ``(dz, dy, dx)`` of every affinity channel, in channel order; ``None`` means the
+            default ``(1,0,0), (0,1,0), (0,0,1)`` when there are exactly three.
+        **params: :class:`~pytc.config.DecodingConfig` fields (``threshold``, ``min_size``,
+            ``seed_threshold``, ``contour_threshold``, ``foreground_threshold``,
+            ``merge_thresholds``, ``merge_function``); unset ones take the config defaults.
+
+    Returns:
+        uint32 (uint64 when needed) labels ``(Z, Y, X)``, 1..N, 0 = background; for
+        ``affinity-waterz`` with several merge thresholds, ``{threshold: labels}`` in increasing
+        threshold order.
+
+    Raises:
+        DataError: The prediction lacks the channels the method needs, the offsets do not match
+            the affinity channels, or the values are not probabilities.
+        ConfigError: Unknown method or parameter, or a value out of range.
+    """
+    method = _method(method)
+    cfg = decoding_params(params)
+    kinds = _channel_kinds(pred, channels)
+    if method is DecodeMethod.threshold:
+        return _threshold(pred, kinds, cfg)
+    if method is DecodeMethod.bc_watershed:
+        return _bc_watershed(pred, kinds, cfg)
+    offsets = _affinity_offsets(kinds, offsets, method)
+    if method is DecodeMethod.affinity_waterz:
+        return _waterz(pred, kinds, offsets, cfg)
+    return _mutex_watershed(pred, kinds, offsets, cfg)
+
+
+def decoding_params(params: Mapping[str, Any]) -> "DecodingConfig":
+    """Validate decoder parameters against :class:`~pytc.config.DecodingConfig` (defaults filled in).
+
+    Raises:
+        ConfigError: An unknown key (with a did-you-mean) or a value out of range.
+    """
+    from pytc.config import config_from_dict
+
+    return config_from_dict({"decoding": dict(params)}, origin="decoding parameters").decoding
+
+
+# ------------------------------------------------------------------------------- the decoders --
+def _threshold(pred, kinds: list[str], cfg) -> np.ndarray:
+    import cc3d
+
+    if "binary" in kinds:
+        c = kinds.index("binary")
+    elif len(kinds) == 1:
+        c = 0
+    else:
+        raise _needs("threshold", "a binary channel (or a single-channel prediction)", kinds)
+    fg = _read(pred, c, kinds) > cfg.threshold
+    return _finish(cc3d.connected_components(fg, connectivity=CONNECTIVITY), None, cfg.min_size)
+
+
+def _bc_watershed(pred, kinds: list[str], cfg) -> np.ndarray:
+    import cc3d
+    from skimage.segmentation import watershed
+
+    if "binary" not in kinds or "contour" not in kinds:
+        raise _needs("bc-watershed", "a binary and a contour channel", kinds)
+    fg = _read(pred, kinds.index("binary"), kinds)
+    contour = _read(pred, kinds.index("contour"), kinds)
+    seeds = cc3d.connected_components(
+        (fg > cfg.seed_threshold) & (contour < cfg.contour_threshold), connectivity=CONNECTIVITY
+    )
+    mask = fg > cfg.foreground_threshold
+    contour += 1.0  # contour is our own copy: turn it into the elevation in place
+    contour -= fg
+    del fg
+    return _finish(watershed(contour, markers=seeds, mask=mask), None, cfg.min_size)
+
+
+def _waterz(pred, kinds: list[str], offsets: list[tuple[int, ...]], cfg) -> np.ndarray | dict[float, np.ndarray]:
+    import waterz
+
+    missing = [list(o) for o in _UNIT_OFFSETS if o not in offsets]
+    if missing:
+        raise DataError(
+            f"affinity-waterz needs the short-range offsets [1, 0, 0], [0, 1, 0], [0, 0, 1]; the prediction's "
+            f"affinity offsets are {[list(o) for o in offsets]} (missing {missing}); use --method mutex-watershed"
+        )
+    aff_channels = _channels_of(kinds, "affinity")
+    affs = np.empty((3, *_spatial_shape(pred)), np.float32)  # C-contiguous float32, as waterz wants
+    for j, o in enumerate(_UNIT_OFFSETS):
+        affs[j] = _read(pred, aff_channels[offsets.index(o)], kinds)
+    mask = _foreground_mask(pred, kinds, cfg)
+    thresholds = sorted(set(float(t) for t in cfg.merge_thresholds))
+    results: dict[float, np.ndarray] = {}
+    with _quiet_stdout():  # waterz's C++ core prints its progress with std::cout
+        segs = waterz.agglomerate(affs, thresholds=thresholds, scoring_function=WATERZ_SCORES[cfg.merge_function])
+        for t, seg in zip(thresholds, segs):
+            # waterz hands out the same buffer for every threshold and keeps merging into it.
+            results[t] = _finish(seg.copy(), mask, cfg.min_size)
+    return results if len(results) > 1 else results[thresholds[0]]
+
+
+def _mutex_watershed(pred, kinds: list[str], offsets: list[tuple[int, ...]], cfg) -> np.ndarray:
+    import mwatershed
+
+    short = [max(abs(v) for v in o) == 1 for o in offsets]
+    if all(short) or not any(short):
+        raise DataError(
+            "mutex-watershed needs short-range (max |o| == 1) and long-range affinity offsets; the prediction's "
+            f"offsets are {[list(o) for o in offsets]}; train with long-range offsets or use --method affinity-waterz"
+        )
+    shape = _spatial_shape(pred)
+    # An offset as long as an axis links nothing (and mwatershed panics on it): leave it out.
+    used = [(c, o, s) for c, o, s in zip(_channels_of(kinds, "affinity"), offsets, short)
+            if all(abs(v) < n for v, n in zip(o, shape))]
+    if all(s for _, _, s in used):
+        raise DataError(
+            f"mutex-watershed: every long-range offset is as long as an axis of the {'×'.join(map(str, shape))} "
+            f"volume (offsets {[list(o) for o in offsets]}); decode a larger volume or use --method affinity-waterz"
+        )
+    weights = np.empty((len(used), *shape), np.float64)  # mwatershed takes float64 only
+    for j, (c, _, attractive) in enumerate(used):
+        weights[j] = _read(pred, c, kinds)
+        if not attractive:
+            weights[j] -= 1.0  # repulsive weight 1 - a, negative = mutex in mwatershed
+    seg = mwatershed.agglom(weights, offsets=[[-v for v in o] for _, o, _ in used])
+    del weights
+    return _finish(seg, _foreground_mask(pred, kinds, cfg), cfg.min_size)
+
+
+# ------------------------------------------------------------------------------------ helpers --
+def _finish(seg: np.ndarray, mask: Optional[np.ndarray], min_size: int) -> np.ndarray:
+    """Mask, drop instances under ``min_size`` voxels, renumber 1..N, narrowest of uint32/uint64."""
+    import fastremap
+
+    if mask is not None:
+        seg[~mask] = 0
+    if min_size > 1:
+        ids, counts = fastremap.unique(seg, return_counts=True)
+        small = ids[(counts < min_size) & (ids != 0)]
+        if small.size:
+            seg = fastremap.mask(seg, small, in_place=True)
+    seg, mapping = fastremap.renumber(seg, preserve_zero=True, in_place=True)
+    n = len(mapping) - (0 in mapping)
+    return seg.astype(np.uint32 if n <= np.iinfo(np.uint32).max else np.uint64, copy=False)
+
+
+def _method(method) -> DecodeMethod:
+    try:
+        return DecodeMethod(getattr(method, "value", method))
+    except ValueError:
+        names = ", ".join(m.value for m in DecodeMethod)
+        raise ConfigError(f"unknown decode method {method!r}; choose one of {names}") from None
+
+
+def _describe(kinds: Sequence[str]) -> str:
+    """['binary', 'affinity', 'affinity'] → '3 channels: binary, affinity x2'."""
+    groups: list[list] = []
+    for k in kinds:
+        if groups and groups[-1][0] == k:
+            groups[-1][1] += 1
+        else:
+            groups.append([k, 1])
+    parts = ", ".join(k if n == 1 else f"{k} x{n}" for k, n in groups)
+    return f"{len(kinds)} channel{'s' if len(kinds) != 1 else ''}: {parts}"
+
+
+def _needs(method: str, needed: str, kinds: Sequence[str]) -> DataError:
+    return DataError(
+        f"{method} needs {needed}; the prediction has {_describe(kinds)}; "
+        "predict those targets (data.targets) or choose another --method"
+    )
+
+
+def _channel_kinds(pred, channels: Optional[Sequence[str]]) -> list[str]:
+    from pytc.config import TargetConfig
+
+    ndim = len(pred.shape)
+    if ndim not in (3, 4):
+        raise DataError(
+            f"a prediction must be (C, Z, Y, X) or (Z, Y, X), got shape {tuple(pred.shape)}; "
+            "give 2D data a z axis of 1"
+        )
+    n = pred.shape[0] if ndim == 4 else 1
+    if channels is None:
+        if n != 1:
+            raise DataError(
+                f"the prediction has {n} channels but their kinds are unknown; "
+                "give them, e.g. --channels binary,contour (pytc infer stores them as pytc_channels)"
+            )
+        return ["binary"]
+    kinds = [str(k).strip() for k in channels]
+    valid = get_args(TargetConfig.model_fields["name"].annotation)
+    unknown = [k for k in kinds if k not in valid]
+    if unknown:
+        raise DataError(f"unknown channel kind {unknown[0]!r}; each channel is one of {', '.join(valid)}")
+    if len(kinds) != n:
+        raise DataError(
+            f"{len(kinds)} channel kinds given ({', '.join(kinds)}) for a prediction with {n} channel"
+            f"{'s' if n != 1 else ''}; give one kind per channel"
+        )
+    return kinds
+
+
+def _affinity_offsets(kinds: list[str], offsets, method: DecodeMethod) -> list[tuple[int, ...]]:
+    n = kinds.count("affinity")
+    if n == 0:
+        raise _needs(method.value, "affinity channels", kinds)
+    if offsets is None:
+        from pytc.config import TargetConfig
+
+        if n != 3:
+            raise DataError(
+                f"the prediction has {n} affinity channels but no offsets; give their offsets "
+                "(pytc infer stores them as pytc_offsets)"
+            )
+        offsets = TargetConfig.model_fields["offsets"].default
+    try:
+        result = [tuple(int(v) for v in o) for o in offsets]
+    except (TypeError, ValueError):
+        result = []
+    if not result or any(len(o) != 3 or not any(o) for o in result):
+        raise DataError(f"affinity offsets must be non-zero (dz, dy, dx) triples, got {offsets!r}")
+    if len(result) != n:
+        raise DataError(
+            f"{len(result)} affinity offsets for {n} affinity channels ({_describe(kinds)}); "
+            "give one offset per affinity channel"
+        )
+    return result
+
+
+def _channels_of(kinds: Sequence[str], kind: str) -> list[int]:
+    return [i for i, k in enumerate(kinds) if k == kind]
+
+
+def _spatial_shape(pred) -> tuple[int, ...]:
+    return tuple(pred.shape[1:] if pred.ndim == 4 else pred.shape)
+
+
+def _read(pred, c: int, kinds: Sequence[str]) -> np.ndarray:
+    """Channel ``c`` as a float32 array of our own, checked to hold probabilities."""
+    data = pred[c] if pred.ndim == 4 else pred[...]
+    # Callers modify the result in place: copy unless the reader handed us a fresh array.
+    fresh = isinstance(data, np.ndarray) and data.base is None and data is not pred
+    a = np.asarray(data, dtype=np.float32) if fresh else np.array(data, dtype=np.float32)
+    if a.size:
+        lo, hi = float(a.min()), float(a.max())
+        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+            raise DataError(
+                f"channel {c} ({kinds[c]}) holds values in [{lo:.3g}, {hi:.3g}], not probabilities in [0, 1]; "
+                "decode sigmoid outputs (pytc infer writes them)"
+            )
+    return a
+
+
+def _foreground_mask(pred, kinds: Sequence[str], cfg) -> Optional[np.ndarray]:
+    return _read(pred, kinds.index("binary"), kinds) > cfg.threshold if "binary" in kinds else None
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence ``sys.stdout`` and file descriptor 1 (C++ ``std::cout`` bypasses ``sys.stdout``)."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real stdout (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # and its Python prints
+            yield
+    finally:
+        _flush_c_stdio()  # whatever the C++ side buffered goes to /dev/null, not to the restored fd
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _flush_c_stdio() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+# ---------------------------------------------------------------------------- volumes on disk --
+class _Dequantized:
+    """Array-like over a stored prediction: ``pred[c]`` reads one channel as float32 / scale."""
+
+    def __init__(self, vol, scale: float):
+        self._vol, self._scale = vol, float(scale)
+        self.shape, self.ndim = tuple(vol.shape), len(vol.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        a = np.array(self._vol[index], dtype=np.float32)  # a fresh array: decode may modify it
+        if self._scale != 1.0:
+            a /= np.float32(self._scale)
+        return a
+
+
+def decode_volume(
+    pred_spec: str | os.PathLike,
+    out_spec: str | os.PathLike,
+    method: DecodeMethod | str | None = None,
+    params: Optional[Mapping[str, Any]] = None,
+    channels: Optional[Sequence[str]] = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Decode a stored prediction into a label volume.
+
+    The prediction's attributes (see docs/architecture.md, "Prediction stores") supply what the
+    file alone can: ``pytc_channels`` (kinds), ``pytc_offsets``, ``pytc_scale`` (uint8 stores are
+    divided by 255) and ``pytc_config`` (its ``decoding`` section gives the method and parameter
+    defaults). The whole volume is decoded in memory: peak memory is a few times the float32
+    size of the channels the method reads (mutex watershed: 8 bytes per affinity voxel).
+
+    Args:
+        pred_spec: The prediction, any :func:`pytc.io.open_volume` address.
+        out_spec: Where the labels go, any :func:`pytc.io.create_volume` address. Several
+            waterz merge thresholds write one volume each: ``seg.zarr`` → ``seg_t0.3.zarr``,
+            ``seg_t0.5.zarr``; ``seg.h5:main`` → datasets ``main_t0.3``, ``main_t0.5`` in
+            ``seg.h5`` (likewise ``seg_t0.3.tif``, ``seg_t0.3/`` for slices).
+        method: Overrides the config's ``decoding.method``.
+        params: :class:`~pytc.config.DecodingConfig` fields; override the stored config.
+        channels: Channel kinds; override ``pytc_channels`` (needed when it is absent and the
+            prediction has several channels).
+        force: Replace existing outputs.
+        progress: Show the current step on a terminal.
+
+    Returns:
+        ``{"method", "params", "shape", "dtype", "seconds", "outputs": [{"path", "threshold",
+        "instances"}, ...]}``.
+
+    Raises:
+        OutputExistsError: An output exists and ``force`` is False (checked before decoding).
+        DataError, ConfigError, VolumeError: As :func:`decode` and :func:`pytc.io.open_volume`.
+
+    Example:
+        >>> decode_volume("pred.zarr", "seg.zarr", "bc-watershed", {"min_size": 50})  # doctest: +SKIP
+        {'method': 'bc-watershed', ..., 'outputs': [{'path': 'seg.zarr', 'threshold': None, 'instances': 17}]}
+    """
+    from pytc.io import create_volume, open_volume
+
+    start = time.perf_counter()
+    with _status(progress) as step, open_volume(pred_spec) as vol:
+        attrs = vol.attrs
+        stored = _stored_decoding(attrs, str(pred_spec))
+        if method is not None:
+            stored["method"] = getattr(method, "value", method)
+        cfg = decoding_params({**stored, **dict(params or {})})
+        method = _method(cfg.method)
+        if channels is None and attrs.get("pytc_channels") is not None:
+            channels = _as_list(attrs["pytc_channels"])
+        scale = _scale(vol, attrs)
+        spatial = tuple(vol.shape[1:] if vol.ndim == 4 else vol.shape)
+        thresholds = sorted(set(cfg.merge_thresholds)) if method is DecodeMethod.affinity_waterz else [None]
+        targets = {t: str(out_spec) if len(thresholds) == 1 else _threshold_spec(out_spec, t) for t in thresholds}
+        for spec in targets.values():  # fail now, not after minutes of decoding
+            _check_output(spec, spatial, force)
+
+        step(f"decoding {vol.spec} ({method.value})")
+        values = cfg.model_dump(exclude={"method"})
+        result = decode(_Dequantized(vol, scale), method, channels, _offsets_attr(attrs), **values)
+        voxel_size = vol.voxel_size if vol.voxel_size is not None and len(vol.voxel_size) == 3 else None
+    labels = result if isinstance(result, dict) else {thresholds[0]: result}
+    outputs = []
+    for t, spec in targets.items():
+        step(f"writing {spec}")
+        seg = labels[t]
+        with create_volume(spec, seg.shape, seg.dtype, voxel_size=voxel_size, force=force) as out:
+            out[...] = seg
+        outputs.append({"path": spec, "threshold": t, "instances": int(seg.max()) if seg.size else 0})
+    return {
+        "method": method.value,
+        "params": values,
+        "shape": list(spatial),
+        "dtype": str(next(iter(labels.values())).dtype),
+        "seconds": time.perf_counter() - start,
+        "outputs": outputs,
+    }
+
+
+def _check_output(spec: str, shape: tuple[int, ...], force: bool) -> None:
+    """Raise now what :func:`pytc.io.create_volume` would raise for ``spec`` after decoding."""
+    from pytc.io import create_volume, open_volume, parse_spec
+
+    vs = parse_spec(spec)
+    if vs.format == "hdf5" and vs.key is not None and vs.path.is_file():
+        # A trial writer would copy the file's other datasets: look the dataset up instead.
+        if force:
+            return
+        try:
+            open_volume(spec).close()
+        except VolumeError:
+            return
+        raise OutputExistsError(f"{spec} exists; pass --force to overwrite")
+    create_volume(spec, shape, np.uint32, force=force).abort()  # an empty trial store, deleted at once
+
+
+def _threshold_spec(out_spec, t: float) -> str:
+    """The address of the labels for waterz threshold ``t`` (see :func:`decode_volume`)."""
+    from pytc.io import DEFAULT_H5_KEY, parse_spec
+
+    vs = parse_spec(out_spec)
+    tag = f"_t{t:g}"
+    if vs.format == "hdf5":
+        return f"{vs.path}:{vs.key or DEFAULT_H5_KEY}{tag}"
+    if vs.format == "slices":
+        return f"{vs.path.with_name(vs.path.name + tag)}{os.sep}"
+    path = vs.path.with_name(vs.path.stem + tag + vs.path.suffix)
+    return f"{path}/{vs.key}" if vs.key else str(path)
+
+
+def _as_list(value) -> list:
+    if isinstance(value, str):  # "binary,contour" or a JSON list
+        import json
+
+        return json.loads(value) if value.strip().startswith("[") else value.split(",")
+    return list(value)
+
+
+def _offsets_attr(attrs: dict):
+    value = attrs.get("pytc_offsets")
+    return None if value is None else _as_list(value)
+
+
+def _scale(vol, attrs: dict) -> float:
+    scale = attrs.get("pytc_scale")
+    if scale is None:
+        if vol.dtype.kind in "iu" and vol.dtype != np.uint8:
+            raise DataError(
+                f"{vol.spec} holds {vol.dtype} values and no pytc_scale attribute; "
+                "a prediction is float probabilities or uint8 (probability x 255)"
+            )
+        return 255.0 if vol.dtype == np.uint8 else 1.0
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not scale > 0:
+        raise DataError(f"{vol.spec}: pytc_scale must be a positive number, got {attrs.get('pytc_scale')!r}")
+    return scale
+
+
+def _stored_decoding(attrs: dict, origin: str) -> dict:
+    """The ``decoding`` section of the prediction's ``pytc_config`` (YAML text), or {}."""
+    text = attrs.get("pytc_config")
+    if not text:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) if isinstance(text, str) else text
+    except yaml.YAMLError as err:
+        reason = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{origin}: its pytc_config attribute is not valid YAML ({reason}); fix or remove it") from None
+    section = data.get("decoding") if isinstance(data, dict) else None
+    return dict(section) if isinstance(section, dict) else {}
+
+
+@contextlib.contextmanager
+def _status(show: bool):
+    """Yield ``step(text)``: a one-line spinner on a terminal, nothing elsewhere."""
+    if not show:
+        yield lambda text: None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda text: None
+        return
+    with console.status("") as status:
+        yield lambda text: status.update(text)

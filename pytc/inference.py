@@ -1,0 +1,419 @@
+"""Sliding-window prediction over volumes of any size (`pytc infer`'s engine).
+
+:func:`predict_volume` takes any array-like image — numpy, h5py, zarr or a :mod:`pytc.io` volume,
+(Z, Y, X) or (C, Z, Y, X) — and writes activated predictions (C, Z, Y, X) into an array-like
+``output`` (or returns a float32 array). :func:`infer` is the file-to-file command: checkpoint +
+input volume → a resumable, multi-process prediction store (Zarr or HDF5).
+
+How a volume is predicted:
+
+* **Windows.** MONAI's ``sliding_window_inference`` with window ``inference.window_size`` (default:
+  the training patch), ``inference.overlap``, ``inference.blending`` (gaussian/constant) and
+  ``inference.sw_batch_size``; a volume thinner than the window is padded by edge replication
+  (MONAI ``padding_mode="replicate"``) and the padding cropped off again. 2D networks predict each
+  z-section with a (1, Y, X) window.
+* **Input.** Normalised as in training (``data.normalize``); z-score statistics are computed once,
+  chunk-wise, over the whole input.
+* **Output.** Sigmoid on binary/contour/affinity channels, none on distance channels (per
+  ``channel_kinds(data.targets)``), applied per window before blending, so windows and TTA average
+  probabilities. Stored as float32, float16 or uint8 = ``round(clip(p, 0, 1) * 255)``; uint8 keeps
+  normalised distances the same way (they live in [0, 1]) and is refused for signed distances
+  (-1..1), which need a float dtype.
+* **Blocks (out of core).** The volume is processed in output blocks of ``inference.block_size``;
+  each block reads the region covered by the whole-volume windows that touch it (the halo), so the
+  blocked result equals a whole-volume prediction exactly (see :mod:`pytc._inference_windows`).
+  Memory is bounded by the block plus its halo; the next block is read and the previous one written
+  on helper threads while the network runs.
+* **TTA.** ``inference.tta_flips`` (lists of axes) and ``inference.tta_rot90`` (quarter turns in the
+  y-x plane), identity always included; each is inverted before averaging and affinity channels are
+  re-pointed (a flip along z turns the z-affinity into "v to v + o", which is shifted back by o).
+  An augmentation that maps an offset to one the target does not predict is refused.
+
+:func:`infer` writes to ``.<output>.pytc-partial`` beside the output, marks every finished block in
+the store's record folder and renames the store into place only when all blocks are done. Rerun
+with the same arguments, it skips the finished blocks; a partial store written with another
+checkpoint, input or config is started over (with a warning). Processes started by
+``accelerate launch`` (``WORLD_SIZE`` > 1) share the blocks (``i % world == rank``) and write into
+one Zarr store whose chunks divide the block; rank 0 prepares the store and renames it at the end.
+
+Example:
+    >>> from pytc.inference import infer, predict_volume
+    >>> summary = infer("runs/lucchi/checkpoints/best", "test.h5:raw", "pred.zarr")  # doctest: +SKIP
+    >>> prob = predict_volume(model, image, cfg, progress=False)  # numpy in, float32 (C, Z, Y, X) out  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from pytc import _inference_store as store
+from pytc._inference_windows import BlockPlan, WindowPredictor, affinity_layout, build_augs, output_chunks
+from pytc.errors import ConfigError, DataError, OutputExistsError, VolumeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytc.config import PytcConfig
+
+__all__ = ["infer", "predict_volume"]
+
+log = logging.getLogger("pytc")
+
+
+# -------------------------------------------------------------------------------------- engine --
+class _InputView:
+    """(C_in, Z, Y, X) reads of an array-like image, for a model with ``in_channels``/``spatial_dims``."""
+
+    def __init__(self, image, in_channels: int, spatial_dims: int, name: str = "the input"):
+        shape, nd = tuple(int(n) for n in image.shape), len(image.shape)
+        self.image, self.dtype = image, np.dtype(image.dtype)
+        given = f"{name} has shape {shape}"
+        if spatial_dims == 3:
+            if nd == 2:
+                raise DataError(f"{given}, a 2D image, but the model is 3D; give a (Z, Y, X) stack")
+            if nd == 3 and in_channels == 1:
+                self.layout = "zyx"
+            elif nd == 4 and shape[0] == in_channels:
+                self.layout = "czyx"
+            elif nd in (3, 4):
+                raise DataError(f"{given} but the model takes {in_channels} channel(s); give "
+                                f"{'(Z, Y, X)' if in_channels == 1 else f'({in_channels}, Z, Y, X)'}")
+            else:
+                raise DataError(f"{given}; give a (Z, Y, X) or (C, Z, Y, X) volume")
+        else:
+            if nd == 2 and in_channels == 1:
+                self.layout = "yx"
+            elif nd == 3 and in_channels == 1:
+                self.layout = "zyx"  # a stack of sections, predicted one by one
+            elif nd == 3 and shape[0] == in_channels:
+                self.layout = "cyx"
+            elif nd == 4 and shape[0] == in_channels:
+                self.layout = "czyx"
+            else:
+                raise DataError(f"{given} but the 2D model takes {in_channels} channel(s); give (Y, X), "
+                                f"(Z, Y, X) or ({in_channels}, Z, Y, X)")
+        spatial = {"zyx": shape, "czyx": shape[1:], "yx": (1, *shape), "cyx": (1, *shape[1:])}[self.layout]
+        self.shape: tuple[int, int, int] = tuple(spatial)
+
+    def read(self, box: Sequence[slice]) -> np.ndarray:
+        z, y, x = box
+        get = lambda sel: np.asarray(self.image[sel])  # noqa: E731
+        if self.layout == "zyx":
+            return get((z, y, x))[None]
+        if self.layout == "czyx":
+            return get((slice(None), z, y, x))
+        if self.layout == "yx":
+            return get((y, x))[None, None]
+        return get((slice(None), y, x))[:, None]
+
+
+def _spatial(values: Sequence[int], spatial_dims: int, key: str, what: str) -> tuple[int, int, int]:
+    values = [int(v) for v in values]
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{key} must be positive sizes, got {values}")
+    if len(values) == 3 and spatial_dims == 3 or len(values) == 2 and spatial_dims == 2:
+        return tuple(values) if spatial_dims == 3 else (1, *values)
+    if len(values) == 3 and spatial_dims == 2 and key == "inference.block_size":
+        return tuple(values)  # 2D model: a block of several sections
+    want = "(Z, Y, X)" if spatial_dims == 3 else "(Y, X)"
+    raise ConfigError(f"{key} {values} does not fit the {spatial_dims}D model; give {what} as {want}")
+
+
+def _check_output_dtype(dtype, targets) -> np.dtype:
+    dtype = np.dtype(getattr(dtype, "value", dtype))
+    if dtype not in (np.uint8, np.float16, np.float32):
+        raise VolumeError(f"prediction outputs are uint8, float16 or float32; got {dtype}")
+    if dtype == np.uint8 and any(t.name == "distance" and t.distance_mode == "signed" for t in targets):
+        raise ConfigError("uint8 output cannot hold signed distances (-1..1); use inference.output_dtype=float16 "
+                          "(--dtype float16)")
+    return dtype
+
+
+class _Engine:
+    """What one prediction needs: input view, window/block plan, normalisation and the predictor."""
+
+    def __init__(self, model, image, cfg: "PytcConfig", device: "torch.device", stats=..., name: str = "the input"):
+        from pytc.data.targets import channel_kinds, check_out_channels
+        from pytc.data.volumes import volume_stats
+        from pytc.runtime import autocast_dtype, resolve_precision
+
+        check_out_channels(cfg.model.out_channels, cfg.data.targets)
+        inf, dims = cfg.inference, cfg.model.spatial_dims
+        self.cfg, self.device, self.kinds = cfg, device, channel_kinds(cfg.data.targets)
+        self.view = _InputView(image, cfg.model.in_channels, dims, name)
+        window = _spatial(inf.window_size or cfg.data.patch_size, dims, "inference.window_size", "the window")
+        block = _spatial(inf.block_size, dims, "inference.block_size", "the block")
+        self.plan = BlockPlan(self.view.shape, window, block, inf.overlap)
+        offsets, groups = affinity_layout(cfg.data.targets)
+        flips = inf.tta_flips if dims == 3 else [[a for a in f if a != 0] for f in inf.tta_flips]  # z: one section
+        self.augs = build_augs(flips, inf.tta_rot90, self.kinds, offsets, groups)
+        self.precision = resolve_precision(cfg.training.precision, device)
+        model = model.to(device).eval()
+        self.predictor = WindowPredictor(model, self.kinds, self.augs, dims, autocast_dtype(self.precision), device)
+        zscore = cfg.data.normalize == "zscore"
+        self.stats = (volume_stats(image) if zscore else None) if stats is ... else stats
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (len(self.kinds), *self.plan.shape)
+
+    def read(self, index: int) -> np.ndarray:
+        """Normalised float32 input (C_in, *region) of block ``index``."""
+        from pytc.data.volumes import normalize_image
+
+        raw = self.view.read(self.plan.region(index))
+        return normalize_image(raw, self.cfg.data.normalize, source_dtype=self.view.dtype, stats=self.stats)
+
+    def predict(self, x: np.ndarray, index: int) -> np.ndarray:
+        """Activated float32 prediction (C, *core) of block ``index`` from its input region ``x``."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        inf, region, core = self.cfg.inference, self.plan.region(index), self.plan.core(index)
+        with torch.inference_mode():
+            y = sliding_window_inference(
+                torch.from_numpy(x)[None].to(self.device), roi_size=self.plan.window, sw_batch_size=inf.sw_batch_size,
+                predictor=self.predictor, overlap=inf.overlap, mode=inf.blending, padding_mode="replicate",
+            )
+            crop = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
+            return y[(0, slice(None), *crop)].cpu().numpy()
+
+
+def _quantise(pred: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return np.rint(np.clip(pred, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return pred.astype(dtype, copy=False)
+
+
+def _run_blocks(engine: _Engine, indices: Iterable[int], out, progress: bool,
+                on_done: Optional[Callable[[int], None]] = None, dtype: Optional[np.dtype] = None) -> None:  # fmt: skip
+    """Predict blocks ``indices`` into ``out``. A reader thread fetches the next block and a writer
+    thread stores the previous one (then calls ``on_done``) while the network runs."""
+    indices = list(indices)
+    if not indices:
+        return
+    dtype = np.dtype(dtype or out.dtype)
+    plan = engine.plan
+
+    def write(i: int, pred: np.ndarray) -> int:
+        out[(slice(None), *plan.core(i))] = _quantise(pred, dtype)
+        if on_done is not None:
+            on_done(i)
+        return math.prod(s.stop - s.start for s in plan.core(i))
+
+    with _progress(progress, len(indices)) as advance, ThreadPoolExecutor(1, "pytc-read") as reader, \
+            ThreadPoolExecutor(1, "pytc-write") as writer:  # fmt: skip
+        next_input, pending = reader.submit(engine.read, indices[0]), None
+        for k, i in enumerate(indices):
+            x = next_input.result()
+            if k + 1 < len(indices):
+                next_input = reader.submit(engine.read, indices[k + 1])
+            pred = engine.predict(x, i)
+            del x
+            if pending is not None:
+                advance(pending.result())
+            pending = writer.submit(write, i, pred)
+        advance(pending.result())
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int):
+    """Transient rich bar on stderr (blocks done, voxels/s, ETA); nothing when not a terminal."""
+    if not show:
+        yield lambda voxels: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda voxels: None
+        return
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, transient=True, console=console) as bar:
+        task = bar.add_task("predict", total=total, rate="")
+        start, done = time.perf_counter(), 0
+
+        def advance(voxels: int) -> None:
+            nonlocal done
+            done += voxels
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, advance=1, rate=f"{rate / 1e6:.2f} Mvox/s")
+
+        yield advance
+
+
+def predict_volume(model: "torch.nn.Module", image, cfg: "PytcConfig", output=None,
+                   device: "torch.device | str | None" = None, progress: bool = True):  # fmt: skip
+    """Sliding-window prediction of a whole volume, block by block (see the module docs).
+
+    Args:
+        model: A network honouring the registry's output contract (logits, one tensor in eval mode);
+            moved to ``device`` and put in eval mode.
+        image: Array-like (numpy, h5py, zarr, :class:`pytc.io.Volume`): (Z, Y, X) or (C, Z, Y, X) for a
+            3D model; (Y, X), a (Z, Y, X) stack of sections or (C, Z, Y, X) for a 2D one. Read one
+            block (plus halo) at a time.
+        cfg: The config the model was trained with (``data``, ``model``, ``inference``, precision
+            from ``training.precision``).
+        output: Writable array-like of shape (C, Z, Y, X) (numpy, zarr, h5py, a
+            :class:`pytc.io.VolumeWriter`); uint8 outputs get ``round(p * 255)``. ``None``: a new
+            float32 numpy array.
+        device: Where the network runs; ``None`` = ``select_device(system.num_gpus)``.
+        progress: Show a transient progress bar on stderr (when it is a terminal).
+
+    Returns:
+        ``output`` (or the new float32 array) holding activated predictions.
+
+    Raises:
+        DataError: The image does not fit the model (dimensions, channels) or ``output`` has the
+            wrong shape. ConfigError: bad window/block sizes or an impossible TTA for affinities.
+
+    Example:
+        >>> prob = predict_volume(model, np.zeros((32, 64, 64), np.uint8), cfg, progress=False)  # doctest: +SKIP
+        >>> prob.shape  # doctest: +SKIP
+        (1, 32, 64, 64)
+    """
+    import torch
+
+    from pytc.runtime import select_device
+
+    device = torch.device(device) if device is not None else select_device(cfg.system.num_gpus)
+    engine = _Engine(model, image, cfg, device)
+    if output is None:
+        output = np.zeros(engine.out_shape, np.float32)
+    elif tuple(output.shape) != engine.out_shape:
+        raise DataError(f"output has shape {tuple(output.shape)}; this prediction needs {engine.out_shape}")
+    dtype = _check_output_dtype(output.dtype, cfg.data.targets)
+    _run_blocks(engine, range(len(engine.plan)), output, progress, dtype=dtype)
+    return output
+
+
+# ---------------------------------------------------------------------------------------- infer --
+def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike,
+          overrides: Optional[list[str]] = None, force: bool = False, progress: bool = True,
+          resume: bool = True, dtype: Optional[str] = None) -> dict:  # fmt: skip
+    """Predict a volume file with a checkpoint and write a prediction store (resumable, multi-process).
+
+    Args:
+        ckpt: Checkpoint folder, ``last``/``best`` pointer or run directory; its ``config.yaml``
+            is the config.
+        input: Volume address (``raw.h5:main``, ``raw.zarr``, ``stack.tif``, ...).
+        output: ``out.zarr`` (default format; a path without suffix gets ``.zarr``),
+            ``out.zarr/array`` or ``out.h5:dataset``. Attributes: see "Prediction stores" in
+            docs/architecture.md.
+        overrides: ``section.key=value`` strings applied on top of the checkpoint's config
+            (``inference.*``, ``system.*``, ``training.precision``, ...; not ``model.*``).
+        force: Replace an existing output.
+        progress: Show a progress bar (rank 0, terminals only).
+        resume: Reuse the finished blocks of an interrupted run with the same arguments.
+        dtype: ``uint8``, ``float16`` or ``float32``; overrides ``inference.output_dtype``.
+
+    Returns:
+        Summary: ``output, shape, dtype, channels, blocks, blocks_skipped`` (finished by an earlier
+        run), ``blocks_computed`` (by this process), ``processes, rank, restarted`` (a partial store
+        from other arguments was discarded), ``device, precision, tta`` (passes per window),
+        ``seconds`` and ``voxels_per_s`` (voxels predicted by all processes per second, end to end).
+
+    Raises:
+        OutputExistsError: the output exists and ``force`` is False.
+        CheckpointError / ConfigError / VolumeError / DataError: bad checkpoint, override, input or
+            output (one line each).
+    """
+    from pytc.config import load_config
+    from pytc.engine.checkpoint import CONFIG, load_checkpoint_for_inference, resolve_checkpoint
+    from pytc.io import create_volume, open_volume, parse_spec
+    from pytc.runtime import setup_threads
+
+    start = time.perf_counter()
+    out_spec = store.output_spec(output)
+    if not force and store.output_exists(parse_spec(out_spec)):
+        raise OutputExistsError(f"{out_spec} exists; pass --force to overwrite")
+    folder = resolve_checkpoint(ckpt)
+    saved, model = load_checkpoint_for_inference(folder)
+    cfg = load_config(folder / CONFIG, [*(overrides or []), *([f"inference.output_dtype={dtype}"] if dtype else [])])
+    if cfg.model != saved.model:
+        raise ConfigError("model.* settings come from the checkpoint (its weights fix the network); drop the "
+                          "model.* overrides")
+    out_dtype = _check_output_dtype(cfg.inference.output_dtype, cfg.data.targets)
+    store.check_window_fits(cfg)
+    if parse_spec(out_spec).format == "hdf5":
+        store.h5_compression(cfg)
+    dist = store.Dist(cfg.system.num_gpus)
+    if dist.world > 1 and parse_spec(out_spec).format != "zarr":
+        raise VolumeError(f"{dist.world} processes write one store side by side only in Zarr; give a .zarr output")
+    setup_threads(max(1, cfg.system.num_cpus // dist.world))  # processes share the machine's cores
+    if dist.device.type == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True  # fixed window size: let cuDNN pick its fastest kernels
+
+    with open_volume(input) as vol:
+        engine = _Engine(model, vol, cfg, dist.device, stats=None, name=f"input {vol.spec}")
+        chunks = (1, *output_chunks(engine.plan.block, engine.plan.shape))
+        layout = dict(shape=engine.out_shape, dtype=out_dtype, chunks=chunks, compression=cfg.inference.compression,
+                      voxel_size=vol.voxel_size, force=force, resumable=True)
+        fingerprint = store.fingerprint(folder, vol, cfg, layout)
+        writer, restarted = None, False
+        try:
+            if dist.rank == 0:  # prepare the partial store: reuse it, or start it over
+                writer = create_volume(out_spec, **layout)
+                run = store.read_run(writer) if writer.resumed else None
+                if writer.resumed and (not resume or run is None or run.get("fingerprint") != fingerprint):
+                    restarted = resume
+                    if resume:
+                        why = "has no record of its arguments" if run is None else \
+                            "was written with another checkpoint, input or config"
+                        log.warning(f"{writer.partial_path} {why}; starting it over")
+                    writer.abort()
+                    writer, run = create_volume(out_spec, **layout), None
+                if run is None:
+                    writer.set_attrs(store.store_attrs(cfg, engine.kinds, vol, out_dtype))
+                    (writer.record_dir / store.DONE_DIR).mkdir(exist_ok=True)
+                    run = {"fingerprint": fingerprint, "stats": store.zscore_stats(cfg, vol), "blocks": len(engine.plan)}
+                    store.write_run(writer, run)
+            dist.barrier()
+            if dist.rank != 0:  # open the store rank 0 prepared
+                writer = create_volume(out_spec, **layout)
+                run = store.read_run(writer)
+                if not writer.resumed or run is None or run["fingerprint"] != fingerprint:
+                    raise RuntimeError(f"rank {dist.rank} found no prepared store at {writer.partial_path}")
+            engine.stats = tuple(run["stats"]) if run["stats"] is not None else None
+            done_dir = writer.record_dir / store.DONE_DIR
+            done = {int(p.name) for p in done_dir.iterdir() if p.name.isdigit()}
+            mine = [i for i in range(len(engine.plan)) if i % dist.world == dist.rank and i not in done]
+
+            def mark(i: int) -> None:
+                writer.flush()  # the block's data is durable before it is marked finished
+                store.mark_done(done_dir, i)
+
+            _run_blocks(engine, mine, writer, progress and dist.rank == 0, on_done=mark, dtype=out_dtype)
+            dist.barrier()
+            if dist.rank == 0:
+                missing = len(engine.plan) - sum(1 for p in done_dir.iterdir() if p.name.isdigit())
+                if missing:
+                    raise RuntimeError(f"{missing} block(s) of {writer.partial_path} are not marked finished")
+                writer.commit()
+            dist.barrier()  # every process returns once the output has its final name
+        finally:
+            if writer is not None:
+                writer.suspend()  # keeps the finished blocks after an error; nothing after a commit
+
+    seconds = time.perf_counter() - start
+    todo = [i for i in range(len(engine.plan)) if i not in done]  # by all processes
+    voxels = sum(math.prod(s.stop - s.start for s in engine.plan.core(i)) for i in todo)
+    return {
+        "output": out_spec, "shape": list(engine.out_shape), "dtype": str(out_dtype), "channels": engine.kinds,
+        "blocks": len(engine.plan), "blocks_skipped": len(done), "blocks_computed": len(mine),
+        "processes": dist.world, "rank": dist.rank, "restarted": restarted, "device": str(dist.device),
+        "precision": engine.precision, "tta": len(engine.augs), "seconds": round(seconds, 3),
+        "voxels_per_s": float(voxels / seconds) if seconds > 0 else 0.0,
+    }
