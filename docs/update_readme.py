@@ -1,4 +1,4 @@
-"""Regenerate the generated blocks of README.md (config reference). Run: `make docs`."""
+"""Regenerate the generated blocks of README.md (CLI and config reference). Run: `make docs`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,49 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+# Every command whose --help goes into the README, in the order a user meets them.
+COMMANDS = [
+    ["demo"], ["demo", "synth"], ["train"], ["infer"], ["decode"], ["evaluate"], ["convert"], ["info"],
+    ["list-archs"], ["config", "show"], ["config", "schema"],
+]
+
+
+def cli_reference() -> str:
+    import os
+
+    from typer.testing import CliRunner
+
+    from pytc.cli import app
+
+    os.environ["COLUMNS"] = "100"  # the same wrapping wherever the README is regenerated
+    runner = CliRunner()
+    parts = []
+    for argv in COMMANDS:
+        result = runner.invoke(app, [*argv, "--help"], terminal_width=100)
+        if result.exit_code != 0:
+            raise SystemExit(f"pytc {' '.join(argv)} --help failed:\n{result.output}")
+        parts.append(f"#### `pytc {' '.join(argv)}`\n\n```text\n{result.output.rstrip()}\n```\n")
+    return "\n".join(parts)
+
+
+def config_reference() -> str:
+    from pytc.config import reference_markdown
+
+    return reference_markdown()
+
+
+BLOCKS = {"cli-reference": cli_reference, "config-reference": config_reference}
 
 
 def render(text: str) -> str:
-    from pytc.config import reference_markdown
-
-    block = f"{START}\n{reference_markdown()}{END}"
-    new, count = re.subn(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    if count != 1:
-        sys.exit(f"README.md must contain exactly one {START} ... {END} block")
-    return new
+    for name, make in BLOCKS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        block = f"{start}\n{make()}{end}"
+        text, count = re.subn(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+        if count != 1:
+            sys.exit(f"README.md must contain exactly one {start} ... {end} block")
+    return text
 
 
 if __name__ == "__main__":

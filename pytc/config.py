@@ -91,6 +91,9 @@ class ModelConfig(_Section):
         description="mednext_custom: blocks per stage (4 encoder, bottleneck, 4 decoder).",
     )
     mednext_grn: bool = Field(False, description="mednext_custom: use Global Response Normalisation.")
+    init_from: Optional[str] = Field(
+        None, description="Checkpoint whose weights start training (fine-tuning); its model settings must match."
+    )
     loss_functions: list[str] = Field(
         ["DiceLoss", "BCEWithLogitsLoss"], min_length=1, description="Losses summed during training."
     )

@@ -322,3 +322,19 @@ def test_schedules_count_optimizer_steps():
     assert cos[-1] == pytest.approx(0.01, abs=1e-3) and all(a >= b for a, b in zip(cos[9:], cos[10:]))
     assert _lrs("StepLR", 50, step_size=2, gamma=0.5)[::10] == pytest.approx([1, 1, 0.5, 0.5, 0.25])
     assert set(_lrs("constant", 20, warmup_epochs=0.5)[5:]) == {1.0}
+
+
+def test_init_from_starts_from_a_checkpoints_weights(blobs, tmp_path):
+    first = fit(tiny_cfg(blobs, "training.max_steps=2", val=False), run_dir=tmp_path / "a")
+    trained = weights(first["model"])
+    # Zero steps of training are not possible; compare the weights *before* the first update by
+    # training with lr ~ 0: the result must equal the checkpoint, not a fresh initialisation.
+    tuned = fit(tiny_cfg(blobs, "training.max_steps=1", "optimizer.lr=1e-30", "optimizer.weight_decay=0",
+                         f"model.init_from={tmp_path / 'a' / 'checkpoints' / 'last'}", val=False),
+                run_dir=tmp_path / "b")
+    for key, value in weights(tuned["model"]).items():
+        assert torch.allclose(value, trained[key], atol=1e-6), key
+    bad = tiny_cfg(blobs, "training.max_steps=1", "model.filters=[4,8,32]",
+                   f"model.init_from={tmp_path / 'a' / 'checkpoints' / 'last'}", val=False)
+    with pytest.raises(PytcError, match="does not fit this model"):
+        fit(bad, run_dir=tmp_path / "c")

@@ -121,6 +121,10 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         set_seed(cfg.system.seed)  # the same seed on every process: identical initial weights
 
         model = build_model(cfg.model)
+        if cfg.model.init_from and resume_from is None:  # fine-tuning: weights only, a fresh optimizer/schedule
+            init = ckpt.resolve_checkpoint(cfg.model.init_from)
+            ckpt.load_into(model, ckpt.load_weights(init / ckpt.WEIGHTS), init)
+            accelerator.print(f"initialised weights from {init}")
         criterion = build_loss(cfg.model, cfg.data.targets)
         optimizer = build_optimizer(model.parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, tc.iters_per_epoch, total_steps,

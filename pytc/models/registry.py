@@ -45,7 +45,7 @@ Builder = Callable[["ModelConfig"], "torch.nn.Module"]
 # other field is architecture-specific and listed in the entry's `uses`.
 _COMMON_FIELDS = frozenset(
     {"architecture", "in_channels", "out_channels", "spatial_dims", "input_size", "deep_supervision",
-     "loss_functions", "loss_weights"}
+     "loss_functions", "loss_weights", "init_from"}
 )
 
 
