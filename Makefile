@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e ".[dev]"
 	@touch $(STAMP)
 
+# --force: a second `make demo` replaces the previous results in demo_out/ (and nothing else there).
 demo: install
-	$(PYTC) demo
+	$(PYTC) demo --force
 
 test: install
 	$(PY) -m pytest -q

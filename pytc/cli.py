@@ -85,6 +85,7 @@ def _register() -> None:
     from pytc.commands import config as config_cmd
     from pytc.commands import convert as convert_cmd
     from pytc.commands import decode as decode_cmd
+    from pytc.commands import demo as demo_cmd
     from pytc.commands import evaluate as evaluate_cmd
     from pytc.commands import infer as infer_cmd
     from pytc.commands import info as info_cmd
@@ -99,6 +100,7 @@ def _register() -> None:
     app.command("list-archs")(list_archs_cmd.list_archs)
     app.command("train")(train_cmd.train)
     app.add_typer(config_cmd.app, name="config", cls=_PytcGroup)
+    app.add_typer(demo_cmd.app, name="demo", cls=_PytcGroup)
 
 
 _register()
