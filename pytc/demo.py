@@ -108,17 +108,19 @@ class DemoResult:
 
 
 def demo_config_path() -> Path:
-    """``configs/demo.yaml`` of the source tree this package was imported from.
+    """``demo.yaml`` of the shipped configs (installed as package data ``pytc.configs``).
 
     Raises:
-        ConfigError: the package is not in a source checkout (e.g. installed from a wheel).
+        ConfigError: the shipped configs are missing from this installation.
     """
-    path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    from importlib.resources import files
+
+    try:
+        path = Path(str(files("pytc.configs") / "demo.yaml"))
+    except ModuleNotFoundError:
+        path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
     if not path.is_file():
-        raise ConfigError(
-            f"the demo config {path} is missing; run the demo from a source checkout of pytc "
-            "(git clone, then pip install -e .)"
-        )
+        raise ConfigError(f"the demo config {path} is missing; reinstall pytc (pip install -e .)")
     return path
 
 
