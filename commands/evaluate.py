@@ -75,10 +75,13 @@ def evaluate(
     from pathlib import Path
 
     from pytc.errors import OutputExistsError
+    from pytc.io import check_writable
     from pytc.metrics import evaluate_volumes, write_report
 
     if json_out and Path(json_out).exists() and not force:  # refuse before the (long) evaluation
         raise OutputExistsError(f"{json_out} exists; pass --force to overwrite")
+    if json_out:
+        check_writable(json_out)
     report = evaluate_volumes(pred, gt, task=task, threshold=threshold, ignore_label=ignore_label, progress=True)
     if json_out:
         write_report(report, json_out, force=force)

@@ -1,4 +1,4 @@
-"""Regenerate the generated blocks of README.md (CLI and config reference). Run: `make docs`."""
+"""Regenerate the generated blocks of README.md (metrics, reliability, CLI and config reference). Run: `make docs`."""
 
 from __future__ import annotations
 
@@ -39,7 +39,17 @@ def config_reference() -> str:
     return reference_markdown()
 
 
-BLOCKS = {"cli-reference": cli_reference, "config-reference": config_reference}
+def _include(name: str):
+    """A block that is a copy of docs/NAME (the single source; the README shows it in full)."""
+    return lambda: (README.parent / "docs" / name).read_text().rstrip() + "\n"
+
+
+BLOCKS = {
+    "metrics": _include("metrics.md"),
+    "reliability": _include("reliability.md"),
+    "cli-reference": cli_reference,
+    "config-reference": config_reference,
+}
 
 
 def render(text: str) -> str:

@@ -439,6 +439,10 @@ class ZarrReader:
         import zarr
 
         if not key:
+            if any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")):
+                raise VolumeError(  # e.g. an object dtype: zarr refuses its pickle codec, and so do we
+                    f"{path} has Zarr metadata pytc cannot read ({_first_line(err)}); pytc reads numeric arrays"
+                ) from None
             raise VolumeError(
                 f"{path} is not a Zarr store (no zarr.json/.zgroup/.zarray found); check the path"
             ) from None

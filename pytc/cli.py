@@ -80,6 +80,14 @@ def _root(
     ctx.obj = {"debug": debug}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one yellow line (``--debug`` keeps Python's file:line format)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True).print(Text(f"Warning: {message}", style="yellow"))
+
+
 def _register() -> None:
     # Imported here (not at the top) only to keep the list of commands in one place.
     from pytc.commands import config as config_cmd
@@ -108,7 +116,12 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``pytc``)."""
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="pytc")
+    args = argv if argv is not None else sys.argv[1:]
+    if "--debug" not in args:
+        import warnings
+
+        warnings.showwarning = _show_warning  # set here, not in the app: tests record warnings normally
+    app(args=args, prog_name="pytc")
 
 
 if __name__ == "__main__":  # `python -m pytc.cli ...` (e.g. under `accelerate launch -m`)

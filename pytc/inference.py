@@ -147,7 +147,7 @@ class _Engine:
 
         check_out_channels(cfg.model.out_channels, cfg.data.targets)
         inf, dims = cfg.inference, cfg.model.spatial_dims
-        self.cfg, self.device, self.kinds = cfg, device, channel_kinds(cfg.data.targets)
+        self.cfg, self.device, self.kinds, self.name = cfg, device, channel_kinds(cfg.data.targets), name
         self.view = _InputView(image, cfg.model.in_channels, dims, name)
         window = _spatial(inf.window_size or cfg.data.patch_size, dims, "inference.window_size", "the window")
         block = _spatial(inf.block_size, dims, "inference.block_size", "the block")
@@ -167,9 +167,11 @@ class _Engine:
 
     def read(self, index: int) -> np.ndarray:
         """Normalised float32 input (C_in, *region) of block ``index``."""
-        from pytc.data.volumes import normalize_image
+        from pytc.data.volumes import normalize_image, raise_if_not_finite
 
-        raw = self.view.read(self.plan.region(index))
+        region = self.plan.region(index)
+        raw = self.view.read(region)
+        raise_if_not_finite(raw, self.name, [0, *(r.start for r in region)])  # NaN would spread over windows
         return normalize_image(raw, self.cfg.data.normalize, source_dtype=self.view.dtype, stats=self.stats)
 
     def predict(self, x: np.ndarray, index: int) -> np.ndarray:
@@ -329,14 +331,16 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             output (one line each).
     """
     from pytc.config import load_config
+    from pytc.data.volumes import check_finite
     from pytc.engine.checkpoint import CONFIG, load_checkpoint_for_inference, resolve_checkpoint
-    from pytc.io import create_volume, open_volume, parse_spec
+    from pytc.io import check_writable, create_volume, open_volume, parse_spec
     from pytc.runtime import setup_threads
 
     start = time.perf_counter()
     out_spec = store.output_spec(output)
     if not force and store.output_exists(parse_spec(out_spec)):
         raise OutputExistsError(f"{out_spec} exists; pass --force to overwrite")
+    check_writable(parse_spec(out_spec).path)  # before the model is loaded and the input scanned
     folder = resolve_checkpoint(ckpt)
     saved, model = load_checkpoint_for_inference(folder)
     cfg = load_config(folder / CONFIG, [*(overrides or []), *([f"inference.output_dtype={dtype}"] if dtype else [])])
@@ -357,6 +361,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
         torch.backends.cudnn.benchmark = True  # fixed window size: let cuDNN pick its fastest kernels
 
     with open_volume(input) as vol:
+        check_finite(vol, f"input {vol.spec}")  # float inputs only; before any output exists
         engine = _Engine(model, vol, cfg, dist.device, stats=None, name=f"input {vol.spec}")
         chunks = (1, *output_chunks(engine.plan.block, engine.plan.shape))
         layout = dict(shape=engine.out_shape, dtype=out_dtype, chunks=chunks, compression=cfg.inference.compression,

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import math
 import os
@@ -50,8 +51,10 @@ __all__ = [
     "Volume",
     "VolumeSpec",
     "VolumeWriter",
+    "check_writable",
     "convert",
     "create_volume",
+    "disk_errors",
     "iter_blocks",
     "open_volume",
     "parse_spec",
@@ -201,6 +204,53 @@ def open_volume(spec: str | os.PathLike) -> Volume:
 
 
 # ------------------------------------------------------------------------------------ writing --
+# Errors of the disk rather than of pytc: reported as one line (VolumeError), never as a traceback.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def _disk_errno(err: OSError) -> int | None:
+    """The errno of a failed write: h5py puts it only into the message ("errno = 28")."""
+    if err.errno in _DISK_ERRNOS:
+        return err.errno
+    found = re.search(r"errno = (\d+)", str(err))
+    return int(found[1]) if found and int(found[1]) in _DISK_ERRNOS else None
+
+
+@contextlib.contextmanager
+def disk_errors(target: str | os.PathLike):
+    """Turn a disk-full / read-only / permission error while writing ``target`` into a one-line
+    :class:`VolumeError`; other errors pass through."""
+    try:
+        yield
+    except OSError as err:
+        code = _disk_errno(err)
+        if code is None:
+            raise
+        raise VolumeError(
+            f"cannot write {target} ({os.strerror(code)}); free some space or choose another output, then rerun"
+        ) from None
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
+    """Fail fast, before any long work, when ``path`` cannot be written.
+
+    The nearest existing folder on the way to ``path`` (``path`` itself when ``folder`` and it
+    exists) must be a folder that this process may write. A regular file in the way fails even for
+    root, who ignores permission bits.
+
+    Raises:
+        VolumeError: a file where a folder is needed, or a folder without write permission.
+    """
+    path = Path(os.fspath(path)).absolute()
+    here = path if folder else path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise VolumeError(f"cannot write {path}: {here} is a file, not a folder; choose another output path")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise VolumeError(f"cannot write {path}: folder {here} is not writable; choose another output path")
+
+
 class VolumeWriter:
     """Writable handle from :func:`create_volume`; data lands under its final name on commit.
 
@@ -263,7 +313,8 @@ class VolumeWriter:
         if 0 in sel_shape:
             return
         value = np.broadcast_to(np.asarray(value), out_shape).reshape(sel_shape)
-        self._backend.write(sel, fmt.flip(value, flip))
+        with disk_errors(self.spec):
+            self._backend.write(sel, fmt.flip(value, flip))
 
     def __getitem__(self, index) -> np.ndarray:
         if not hasattr(self._backend, "read"):
@@ -278,9 +329,10 @@ class VolumeWriter:
         if self._done:
             return
         try:
-            self._backend.finish()
-            fmt.remove_path(_record_dir(self._tmp, self.format))
-            fmt.swap_in(self._tmp, self._final)
+            with disk_errors(self.spec):
+                self._backend.finish()
+                fmt.remove_path(_record_dir(self._tmp, self.format))
+                fmt.swap_in(self._tmp, self._final)
         except BaseException:
             self.suspend()  # a resumable partial store survives a failed rename; others are deleted
             raise
@@ -418,7 +470,9 @@ def create_volume(
     compression, voxel_size = _check_compression(compression), _check_voxel_size(voxel_size)
     chunks = _check_chunks(chunks, shape)
     path = vs.path.absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
+    with disk_errors(vs.text):
+        path.parent.mkdir(parents=True, exist_ok=True)
     in_store = vs.format == "zarr" and vs.key is not None and path.is_dir()  # new array, existing store
     final = path / vs.key if in_store else path
     fmt.clean_stale(final)
@@ -456,7 +510,8 @@ def create_volume(
         tmp = final.with_name(f".{final.name}{fmt.TMP_TAG}{os.getpid()}")
     fmt.remove_path(tmp)
     try:
-        backend = writer(tmp, shape, dtype, chunks, compression, voxel_size, **extra)
+        with disk_errors(vs.text):
+            backend = writer(tmp, shape, dtype, chunks, compression, voxel_size, **extra)
     except BaseException:
         fmt.remove_path(tmp)
         raise

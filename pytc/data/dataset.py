@@ -34,6 +34,7 @@ from pytc.data.volumes import (
     load_train_volumes,
     normalize_image,
     open_pairs,
+    raise_if_not_finite,
     volume_stats,
 )
 from pytc.data.targets import build_targets
@@ -272,9 +273,11 @@ def load_val_volumes(cfg) -> list[dict]:
         if not (lab > 0).any():
             warnings.warn(f"validation label {label.spec} has no labelled voxels", stacklevel=2)
         lab = lab.astype(np.int64)
+        raw = image.read(box)
+        raise_if_not_finite(raw, f"image {image.spec}", [0, *(b.start for b in box)])
         item = {
             "name": image.spec if (z0, z1) == (0, label.spatial_shape[0]) else f"{image.spec}[z {z0}:{z1}]",
-            "image": normalize_image(image.read(box), data.normalize, stats=stats),
+            "image": normalize_image(raw, data.normalize, stats=stats),
             "target": _volume_targets(lab, data.targets, spatial_dims),
             "label": lab,
         }

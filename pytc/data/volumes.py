@@ -122,6 +122,28 @@ def volume_stats(vol, block_voxels: int = BLOCK_VOXELS) -> VolumeStats:
     return VolumeStats(mean, math.sqrt(m2 / n) if n else 0.0)
 
 
+def check_finite(vol, name: str, block_voxels: int = BLOCK_VOXELS) -> None:
+    """Refuse NaN/Inf voxels in a float array-like, block by block (integer volumes cannot hold them).
+
+    Raises:
+        DataError: naming the first non-finite voxel.
+    """
+    if np.dtype(vol.dtype).kind not in "fc":
+        return
+    for sel in iter_blocks(vol.shape, block_shape(vol.shape, voxels=block_voxels)):
+        raise_if_not_finite(np.asarray(vol[sel]), name, [s.start for s in sel])
+
+
+def raise_if_not_finite(block: np.ndarray, name: str, origin: Sequence[int]) -> None:
+    """:func:`check_finite` for one block in memory whose first voxel is at ``origin``."""
+    if block.dtype.kind in "fc" and not np.isfinite(block).all():
+        first = tuple(int(i) + int(o) for i, o in zip(np.argwhere(~np.isfinite(block))[0], origin))
+        raise DataError(
+            f"{name} has NaN or infinite values (first at voxel {first}); replace them (e.g. with 0) "
+            "or mask them out, then rerun"
+        )
+
+
 def _open(spec: str):
     from pytc.io import open_volume
 
@@ -209,7 +231,7 @@ class VolumeSource:
 
 class _Raw:
     def __init__(self, src: VolumeSource):
-        self.src, self.shape = src, src.raw_shape
+        self.src, self.shape, self.dtype = src, src.raw_shape, src.dtype
 
     def __getitem__(self, sel) -> np.ndarray:
         src = self.src
@@ -431,6 +453,7 @@ def load_train_volumes(cfg) -> TrainVolumes:
     cell = tuple(max(1, p // CELL_FRACTION) for p in patch)
     regions = []
     for (img, lab, mask), span in zip(triples, spans):
+        check_finite(img.raw, f"image {img.spec}")  # NaN in, NaN loss out: refuse it up front
         stats = volume_stats(img.raw) if data.normalize == "zscore" else None
         found = [Region(img, lab, mask, z0, z1, stats, foreground_cells(lab, z0, z1, cell), cell) for z0, z1 in span]
         if not any(len(r.fg_cells) for r in found):

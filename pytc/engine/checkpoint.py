@@ -188,15 +188,26 @@ def save_checkpoint(
     final = ckpt_dir / name
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     tag = {"format": "pt", "pytc_version": __version__, "step": str(step)}
-    save_file(_state_dict_to_cpu(weights), tmp / WEIGHTS, metadata={**tag, "weights": "ema" if raw_weights else "raw"})
-    if raw_weights is not None:
-        save_file(_state_dict_to_cpu(raw_weights), tmp / RAW_WEIGHTS, metadata={**tag, "weights": "raw"})
-    (tmp / CONFIG).write_text(config_yaml)
-    torch.save({"format": STATE_FORMAT, **training_state}, tmp / STATE)
-    meta = {"name": name, "step": step, "pytc_version": __version__, **meta}
-    (tmp / META).write_text(json.dumps(meta, indent=1, default=float) + "\n")  # last: marks the folder complete
+    try:
+        tmp.mkdir()
+        kind = "ema" if raw_weights else "raw"
+        save_file(_state_dict_to_cpu(weights), tmp / WEIGHTS, metadata={**tag, "weights": kind})
+        if raw_weights is not None:
+            save_file(_state_dict_to_cpu(raw_weights), tmp / RAW_WEIGHTS, metadata={**tag, "weights": "raw"})
+        (tmp / CONFIG).write_text(config_yaml)
+        torch.save({"format": STATE_FORMAT, **training_state}, tmp / STATE)
+        meta = {"name": name, "step": step, "pytc_version": __version__, **meta}
+        (tmp / META).write_text(json.dumps(meta, indent=1, default=float) + "\n")  # last: marks the folder complete
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # (a SIGKILL skips this: clean_stale removes it on the next run)
+        if isinstance(err, OSError):  # disk full, quota, read-only: the earlier checkpoints are intact
+            last = find_resume_checkpoint(ckpt_dir.parent)
+            raise CheckpointError(
+                f"cannot write checkpoint {final} ({err.strerror or err}); free some space and rerun with "
+                f"--resume auto (newest complete checkpoint: {last.name if last else 'none'})"
+            ) from None
+        raise
     if final.exists():  # re-saving a step (e.g. after a resume): set the old folder aside, then swap
         old = ckpt_dir / f".tmp-old-{name}-{os.getpid()}"
         os.rename(final, old)
@@ -256,7 +267,16 @@ def update_pointers_and_prune(ckpt_dir: PathLike, monitor: str, mode: str, save_
     write_pointer(ckpt_dir, "best", ranked[0] if ranked else None)
     for path in found:
         if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
+
+
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint folder: renamed first, so a run killed while deleting leaves a ``.tmp-``
+    folder (removed by :func:`clean_stale`), never a half-deleted ``step-*`` folder that still has
+    its ``meta.json`` and so looks complete."""
+    doomed = folder.with_name(f".tmp-del-{folder.name}-{os.getpid()}")
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,14 +351,12 @@ def load_training_state(path: PathLike) -> dict:
 
 def read_config(path: PathLike) -> "PytcConfig":
     """The resolved config stored in a checkpoint folder."""
-    import yaml
-
-    from pytc.config import config_from_dict
+    from pytc.config import _read_yaml, config_from_dict
 
     file = Path(path) / CONFIG
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} has no {CONFIG}; it cannot rebuild its model")
-    return config_from_dict(yaml.safe_load(file.read_text()) or {}, origin=str(file))
+    return config_from_dict(_read_yaml(file), origin=str(file))  # safe_load; a YAML error is one line
 
 
 def load_checkpoint_for_inference(path: PathLike, device: "str | torch.device" = "cpu"):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Iterable, Optional, Union
 
 from pytc.engine import checkpoint as ckpt
 from pytc.errors import CheckpointError, ConfigError, OutputExistsError, PytcError
+from pytc.io import check_writable, disk_errors
 
 if TYPE_CHECKING:
     import torch
@@ -86,6 +87,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
     tc = cfg.training
     run_dir = Path(run_dir or cfg.system.output_dir or "runs/pytc")
     ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
+    check_writable(run_dir, folder=True)  # a file in the way, a read-only folder: say so before any work
     resume_from = _resume_checkpoint(resume, run_dir)
     if resume_from is None and ckpt.list_checkpoints(ckpt_dir):
         raise OutputExistsError(
@@ -141,6 +143,10 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             step, es = int(state["step"]), dict(state["early_stopping"])
             accelerator.print(f"resuming from {resume_from} (step {step})")
 
+        # Data before the run directory: a bad volume (shapes, labels, NaN) leaves nothing behind.
+        val_volumes = load_val_volumes(cfg)[: 1 if fast_dev_run else None]
+        loader = build_train_loader(cfg, start_step=step, process_index=accelerator.process_index,
+                                    num_processes=accelerator.num_processes)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.clean_stale(ckpt_dir)
@@ -148,9 +154,6 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             _truncate_metrics(run_dir / "metrics.jsonl", after=step)
         if tensorboard:
             accelerator.init_trackers("tensorboard")
-        val_volumes = load_val_volumes(cfg)[: 1 if fast_dev_run else None]
-        loader = build_train_loader(cfg, start_step=step, process_index=accelerator.process_index,
-                                    num_processes=accelerator.num_processes)
         with torch.random.fork_rng(devices=[]):  # creating the iterator draws a seed; keep the model's RNG stream
             batches = iter(loader)
         if state is not None:
@@ -411,7 +414,7 @@ def _early_stop(es: dict, metrics: dict, cfg) -> bool:
 def _log(accelerator, run_dir: Path, step: int, values: dict) -> None:
     """One JSON line in ``metrics.jsonl`` (main process) and the trackers (TensorBoard)."""
     if accelerator.is_main_process:
-        with open(run_dir / "metrics.jsonl", "a") as fh:
+        with disk_errors(run_dir / "metrics.jsonl"), open(run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps({"step": step, **values}) + "\n")
     if accelerator.trackers:
         accelerator.log({k if k.startswith("val/") else f"train/{k}": v for k, v in values.items()}, step=step)
@@ -434,8 +437,9 @@ def _truncate_metrics(path: Path, after: int) -> None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with disk_errors(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def _write_preview(path: Path, image, target, logits) -> None:

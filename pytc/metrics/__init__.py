@@ -163,14 +163,18 @@ def write_report(report: dict, path: str | os.PathLike, force: bool = False) -> 
     Raises:
         OutputExistsError: ``path`` exists and ``force`` is False.
     """
+    from pytc.io import check_writable, disk_errors
+
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite")
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.pytc-tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(_nan_to_none(report), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
+        with disk_errors(path):
+            tmp.write_text(json.dumps(_nan_to_none(report), indent=2, allow_nan=False) + "\n")
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

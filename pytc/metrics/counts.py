@@ -77,7 +77,9 @@ def as_labels(block: np.ndarray, name: str, is_pred: bool) -> np.ndarray:
         return block.astype(np.uint64, copy=False)
     if kind not in "if":
         raise DataError(f"{name} has dtype {block.dtype}; expected integer labels")
-    if kind == "f" and block.size and not np.array_equal(block, np.floor(block)):  # also catches NaN
+    if kind == "f" and not np.isfinite(block).all():
+        raise DataError(f"{name} has NaN or infinite values; instance evaluation needs integer labels")
+    if kind == "f" and block.size and not np.array_equal(block, np.floor(block)):
         hint = (
             "it looks like a probability map: run `pytc decode` first"
             if is_pred
@@ -232,6 +234,9 @@ def confusion_counts(
     def task(sel):
         g = np.asarray(gt[sel])
         p = np.asarray(pred[(channel, *sel)] if channel is not None else pred[sel])
+        for name, block in ((pname, p), (gname, g)):  # NaN compares False: it would pass as background
+            if block.dtype.kind == "f" and not np.isfinite(block).all():
+                raise DataError(f"{name} has NaN or infinite values; replace them (e.g. with 0) and rerun")
         if cut is None and p.size and (p.min() < 0 or p.max() > 1):
             raise DataError(
                 f"{pname} holds floats outside [0, 1] ({p.min():.3g}..{p.max():.3g}), not probabilities; "
