@@ -148,7 +148,8 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (temporaries of live processes are not stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -164,7 +165,7 @@ def clean_stale(final: Path) -> None:
         return
     for item in final.parent.iterdir():
         match = re.fullmatch(re.escape(f".{final.name}") + r"(\.pytc-(?:tmp|old)-)(\d+)", item.name)
-        if not match or (int(match[2]) != os.getpid() and _pid_alive(int(match[2]))):
+        if not match or (int(match[2]) != os.getpid() and pid_alive(int(match[2]))):
             continue
         if match[1] == OLD_TAG and not final.exists():  # killed between the two renames of a replace
             os.rename(item, final)

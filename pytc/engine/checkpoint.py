@@ -37,6 +37,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
+from pytc._io_formats import pid_alive
 from pytc.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -128,16 +129,6 @@ def resolve_checkpoint(path: PathLike) -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale(ckpt_dir: PathLike) -> list[Path]:
     """Remove ``.tmp-*`` folders left by processes that are gone (or by this one); return them."""
     ckpt_dir = Path(ckpt_dir)
@@ -145,7 +136,7 @@ def clean_stale(ckpt_dir: PathLike) -> list[Path]:
     if ckpt_dir.is_dir():
         for item in ckpt_dir.iterdir():
             match = _TEMP.fullmatch(item.name)
-            if match and (int(match[1]) == os.getpid() or not _pid_alive(int(match[1]))):
+            if match and (int(match[1]) == os.getpid() or not pid_alive(int(match[1]))):
                 shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
                 removed.append(item)
     return removed
