@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
@@ -154,6 +155,10 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             _truncate_metrics(run_dir / "metrics.jsonl", after=step)
         if tensorboard:
             accelerator.init_trackers("tensorboard")
+        # Workers fork here. Freezing the heap first keeps the garbage collector from touching (and so
+        # copying) the objects the workers share with this process.
+        gc.collect()
+        gc.freeze()
         with torch.random.fork_rng(devices=[]):  # creating the iterator draws a seed; keep the model's RNG stream
             batches = iter(loader)
         if state is not None:
@@ -239,6 +244,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             "model": raw_model,
         }
     finally:
+        gc.unfreeze()  # let a later fit (or the caller) collect what this run left behind
         _release(accelerator)
 
 
