@@ -261,7 +261,7 @@ class LoggingConfig(_Section):
     """Console and file logging."""
 
     log_every_n_steps: int = Field(20, ge=1, description="Log training loss/lr every this many steps.")
-    tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs tensorboard).")
+    tensorboard: bool = Field(True, description="Also write TensorBoard event files when tensorboard is installed.")
 
 
 class InferenceConfig(_Section):

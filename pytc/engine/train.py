@@ -118,7 +118,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                 accelerator.print(f"system.num_gpus is {cfg.system.num_gpus} but this is {accelerator.num_processes} "
                                   f"process(es), one GPU each; use accelerate launch --num_processes "
                                   f"{cfg.system.num_gpus} -m pytc.cli train ...")
-        if cfg.logging.tensorboard and not tensorboard:
+        if cfg.logging.tensorboard and not tensorboard and "tensorboard" in cfg.logging.model_fields_set:
             accelerator.print("logging.tensorboard is on but tensorboard is not installed (pip install tensorboard); "
                               "skipping it")
         set_seed(cfg.system.seed)  # the same seed on every process: identical initial weights
