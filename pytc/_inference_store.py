@@ -80,20 +80,6 @@ def output_spec(output) -> str:
     return text
 
 
-def output_exists(vs) -> bool:
-    if vs.format == "zarr":
-        return (vs.path / vs.key if vs.key else vs.path).exists()
-    if not vs.path.is_file() or vs.key is None:
-        return vs.path.exists()
-    import h5py
-
-    try:
-        with h5py.File(vs.path, "r") as f:
-            return vs.key in f
-    except OSError:
-        return True  # not an HDF5 file: replacing it needs --force
-
-
 def h5_compression(cfg) -> None:
     """HDF5 zstd/lz4 need the hdf5plugin package; without it fall back to gzip (HDF5's own)."""
     if cfg.inference.compression in ("zstd", "lz4"):

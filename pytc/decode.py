@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, ge
 import numpy as np
 
 from pytc.choices import DecodeMethod
-from pytc.errors import ConfigError, DataError, OutputExistsError, VolumeError
+from pytc.errors import ConfigError, DataError, OutputExistsError
 
 if TYPE_CHECKING:
     from pytc.config import DecodingConfig
@@ -483,18 +483,14 @@ def decode_volume(
 
 def _check_output(spec: str, shape: tuple[int, ...], force: bool) -> None:
     """Raise now what :func:`pytc.io.create_volume` would raise for ``spec`` after decoding."""
-    from pytc.io import create_volume, open_volume, parse_spec
+    from pytc.io import create_volume, output_exists, parse_spec
 
     vs = parse_spec(spec)
     if vs.format == "hdf5" and vs.key is not None and vs.path.is_file():
         # A trial writer would copy the file's other datasets: look the dataset up instead.
-        if force:
-            return
-        try:
-            open_volume(spec).close()
-        except VolumeError:
-            return
-        raise OutputExistsError(f"{spec} exists; pass --force to overwrite")
+        if not force and output_exists(vs):
+            raise OutputExistsError(f"{spec} exists; pass --force to overwrite")
+        return
     create_volume(spec, shape, np.uint32, force=force).abort()  # an empty trial store, deleted at once
 
 

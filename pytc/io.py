@@ -418,6 +418,21 @@ def _check_voxel_size(voxel_size) -> tuple[float, float, float] | None:
     return size
 
 
+def output_exists(spec: "str | os.PathLike | VolumeSpec") -> bool:
+    """Whether writing ``spec`` would replace something (and so needs ``force``).
+
+    A new dataset in an existing HDF5 file, a new array in an existing Zarr store and an empty slice
+    folder replace nothing; a file that is not HDF5 where an HDF5 file is wanted does.
+    """
+    vs = spec if isinstance(spec, VolumeSpec) else parse_spec(spec)
+    path = vs.path.absolute()
+    final = path / vs.key if vs.format == "zarr" and vs.key is not None and path.is_dir() else path
+    exists = final.exists() and not (vs.format == "slices" and final.is_dir() and not any(final.iterdir()))
+    if exists and vs.format == "hdf5" and vs.key is not None and final.is_file():
+        exists = _h5_has_key(final, vs.key) is not False
+    return exists
+
+
 def _h5_has_key(path: Path, key: str) -> bool | None:
     """True/False if the HDF5 file has ``key``; None if it is not a readable HDF5 file."""
     import h5py
@@ -477,12 +492,11 @@ def create_volume(
     final = path / vs.key if in_store else path
     fmt.clean_stale(final)
 
-    exists = final.exists() and not (vs.format == "slices" and final.is_dir() and not any(final.iterdir()))
+    exists = output_exists(vs)
     if vs.format == "hdf5":
         writer, extra = fmt.H5Writer, {"key": vs.key or DEFAULT_H5_KEY, "base": None}
-        if exists and vs.key is not None and final.is_file():  # maybe only a new dataset in the file
+        if vs.key is not None and final.is_file():  # maybe only a new dataset in the file
             has_key = _h5_has_key(final, extra["key"])
-            exists = has_key is not False
             extra["base"] = final if has_key is not None else None  # keep the file's other datasets
     elif vs.format == "zarr" and in_store:
         v2 = not (path / "zarr.json").exists() and any((path / f).exists() for f in (".zgroup", ".zarray"))
