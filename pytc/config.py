@@ -462,8 +462,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def dump_config(cfg: PytcConfig) -> str:
-    """The resolved config as YAML; loading it again gives an equal config."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    """The resolved config as YAML; loading it again gives an equal config.
+
+    ``model.spatial_dims`` / ``model.input_size`` that merely follow ``data.patch_size`` are written
+    as null, so an edited patch size in the dumped file still reaches the network.
+    """
+    data = cfg.model_dump(mode="json")
+    patch, model = data["data"]["patch_size"], data["model"]
+    if model["input_size"] == patch:
+        model["input_size"] = None
+    if model["spatial_dims"] == len(patch):
+        model["spatial_dims"] = None
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
 def config_schema() -> dict:

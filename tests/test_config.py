@@ -284,3 +284,14 @@ def test_readme_config_reference_is_in_sync():
     spec.loader.exec_module(module)
     text = (root / "README.md").read_text()
     assert module.render(text) == text, "README config reference is stale: run `make docs`"
+
+
+def test_dumped_config_keeps_the_network_following_the_patch_size(tmp_path):
+    dumped = _write(tmp_path / "d.yaml", dump_config(load_config(CONFIGS / "lucchi.yaml")))
+    cfg = load_config(dumped, ["data.patch_size=[32,64,64]"])
+    assert cfg.model.input_size == [32, 64, 64] and cfg.model.spatial_dims == 3
+    cfg2d = load_config(dumped, ["data.patch_size=[256,256]"])
+    assert cfg2d.model.spatial_dims == 2 and cfg2d.model.input_size == [256, 256]
+    # An explicit input size that differs from the patch is kept.
+    explicit = load_config(CONFIGS / "lucchi.yaml", ["model.input_size=[64,64,64]"])
+    assert load_config(_write(tmp_path / "e.yaml", dump_config(explicit))) == explicit

@@ -463,7 +463,8 @@ def test_new_zarr_array_in_existing_store(tmp_path, random_volume, write_volume)
     write_volume(f"{tmp_path}/s.zarr", a)
     write_volume(f"{tmp_path}/s.zarr/pred/fg", b, voxel_size=VOXEL)
     got, voxel_size, _ = read_all(f"{tmp_path}/s.zarr/pred/fg")
-    assert_bit_exact(got, b) and voxel_size == VOXEL
+    assert_bit_exact(got, b)
+    assert voxel_size == VOXEL
     assert_bit_exact(read_all(f"{tmp_path}/s.zarr/0")[0], a)
     assert not [p for p in (tmp_path / "s.zarr").rglob("*pytc-tmp*")]
 
