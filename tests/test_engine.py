@@ -338,3 +338,18 @@ def test_init_from_starts_from_a_checkpoints_weights(blobs, tmp_path):
                    f"model.init_from={tmp_path / 'a' / 'checkpoints' / 'last'}", val=False)
     with pytest.raises(PytcError, match="does not fit this model"):
         fit(bad, run_dir=tmp_path / "c")
+
+
+def test_resume_from_an_older_checkpoint_branches_the_run(blobs, tmp_path):
+    settings = ["training.max_steps=4", "checkpoint.every_n_steps=2", "checkpoint.save_top_k=5",
+                "training.val_check_interval=2"]
+    fit(tiny_cfg(blobs, *settings), run_dir=tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000002", "step-000004"]
+    out = fit(tiny_cfg(blobs, "training.max_steps=3", *settings[1:]), run_dir=tmp_path,
+              resume=ckpts / "step-000002")
+    # The abandoned step 4 is set aside, not resumed from or pointed at; the branch ends at step 3.
+    assert out["step"] == 3 and (ckpts / "abandoned" / "step-000004" / "meta.json").is_file()
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000002", "step-000003"]
+    assert (ckpts / "last").read_text().strip().endswith("step-000003")
+    assert [ln["step"] for ln in read_metrics(tmp_path) if "loss" in ln] == [1, 2, 3]

@@ -261,6 +261,25 @@ def update_pointers_and_prune(ckpt_dir: PathLike, monitor: str, mode: str, save_
             _remove(path)
 
 
+def set_aside_after(ckpt_dir: PathLike, step: int) -> list[Path]:
+    """Move checkpoints newer than ``step`` to ``ckpt_dir/abandoned/`` (a resume from an older one).
+
+    They belong to the run being abandoned: left in place, ``last`` and ``--resume auto`` would pick
+    them up again. They are kept, not deleted, since they may still be wanted.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    moved = []
+    for path in list_checkpoints(ckpt_dir):
+        if int(_NAME.fullmatch(path.name)[1]) > step:
+            target = ckpt_dir / "abandoned" / path.name
+            if target.exists():
+                target = target.with_name(f"{path.name}-{os.getpid()}")
+            target.parent.mkdir(exist_ok=True)
+            os.rename(path, target)
+            moved.append(target)
+    return moved
+
+
 def _remove(folder: Path) -> None:
     """Delete a checkpoint folder: renamed first, so a run killed while deleting leaves a ``.tmp-``
     folder (removed by :func:`clean_stale`), never a half-deleted ``step-*`` folder that still has

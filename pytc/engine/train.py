@@ -153,6 +153,11 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             ckpt.clean_stale(ckpt_dir)
             _atomic_write(run_dir / "config.yaml", dump_config(cfg))
             _truncate_metrics(run_dir / "metrics.jsonl", after=step)
+            moved = ckpt.set_aside_after(ckpt_dir, step)  # resuming from an older checkpoint: a new branch
+            if moved:
+                accelerator.print(f"moved {len(moved)} checkpoint(s) newer than step {step} to {moved[0].parent}")
+                cc = cfg.checkpoint
+                ckpt.update_pointers_and_prune(ckpt_dir, cc.monitor, cc.mode, cc.save_top_k, cc.save_last)
         if tensorboard:
             accelerator.init_trackers("tensorboard")
         # Workers fork here. Freezing the heap first keeps the garbage collector from touching (and so
