@@ -204,7 +204,9 @@ class H5Reader:
                 f"{path} is not a readable HDF5 file ({_first_line(err)}); is it truncated or still being copied?"
             ) from None
         names: list[str] = []
-        self._file.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        obj = self._file.get(key) if key is not None else None
+        if not isinstance(obj, h5py.Dataset):  # list the datasets only when choosing or explaining
+            self._file.visititems(lambda name, o: names.append(name) if isinstance(o, h5py.Dataset) else None)
         if key is None:
             if len(names) != 1:
                 self._file.close()
@@ -399,7 +401,9 @@ class ZarrReader:
         self.voxel_size = None
         if isinstance(node, zarr.Group):
             multiscales = _ome_multiscales(node.attrs)
-            members = sorted(k for k, v in node.members(max_depth=None) if isinstance(v, zarr.Array))
+            members = [] if multiscales else sorted(
+                k for k, v in node.members(max_depth=None) if isinstance(v, zarr.Array)
+            )
             if multiscales:  # OME-NGFF image: scale 0 is the full-resolution array
                 inner = str(multiscales[0]["datasets"][0]["path"]).strip("/")
                 self.voxel_size = _ome_voxel_size(multiscales[0], inner)
