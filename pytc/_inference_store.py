@@ -139,6 +139,6 @@ def read_run(writer) -> Optional[dict]:
 
 
 def write_run(writer, run: dict) -> None:
-    tmp = writer.record_dir / f".{RUN_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(run))
-    os.replace(tmp, writer.record_dir / RUN_FILE)
+    from pytc.io import write_atomic
+
+    write_atomic(writer.record_dir / RUN_FILE, json.dumps(run))

@@ -541,7 +541,6 @@ def _save_panels(path: Path, panels: list, captions: list, scale: int) -> Path:
         sheet.paste(tile.resize((w * scale, h * scale), Image.NEAREST), (x, CAPTION))
         draw.text((x + 2, 1), caption, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    sheet.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
-    return path
+    from pytc.io import write_atomic
+
+    return write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))

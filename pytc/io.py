@@ -231,6 +231,33 @@ def disk_errors(target: str | os.PathLike):
         ) from None
 
 
+def write_atomic(path: str | os.PathLike, data: "str | bytes | Callable[[Path], object]") -> Path:
+    """Write ``path`` all or nothing: into a temporary beside it, then renamed over it.
+
+    Args:
+        path: The file to write.
+        data: Text, bytes, or a function that writes the temporary path it is given (e.g. an image's
+            ``save``).
+
+    Raises:
+        VolumeError: the disk is full or the folder is not writable (one line); no temporary is left.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{fmt.TMP_TAG}{os.getpid()}")
+    try:
+        with disk_errors(path):
+            if callable(data):
+                data(tmp)
+            elif isinstance(data, bytes):
+                tmp.write_bytes(data)
+            else:
+                tmp.write_text(data)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
     """Fail fast, before any long work, when ``path`` cannot be written.
 

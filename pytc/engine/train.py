@@ -446,11 +446,10 @@ def _truncate_metrics(path: Path, after: int) -> None:
     _atomic_write(path, "".join(ln + "\n" for ln in lines))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with disk_errors(path):
-        tmp.write_text(text)
-        os.replace(tmp, path)
+def _atomic_write(path: Path, data) -> None:
+    from pytc.io import write_atomic
+
+    write_atomic(path, data)
 
 
 def _write_preview(path: Path, image, target, logits) -> None:
@@ -468,9 +467,8 @@ def _write_preview(path: Path, image, target, logits) -> None:
     gap = np.ones((img.shape[0], 2))
     strip = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    Image.fromarray((np.clip(strip, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = Image.fromarray((np.clip(strip, 0, 1) * 255).astype(np.uint8))
+    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _progress(enabled: bool, total: int, completed: int):

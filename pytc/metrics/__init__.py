@@ -163,18 +163,12 @@ def write_report(report: dict, path: str | os.PathLike, force: bool = False) -> 
     Raises:
         OutputExistsError: ``path`` exists and ``force`` is False.
     """
-    from pytc.io import check_writable, disk_errors
+    from pytc.io import check_writable, disk_errors, write_atomic
 
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite")
     check_writable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.pytc-tmp-{os.getpid()}")
-    try:
-        with disk_errors(path):
-            tmp.write_text(json.dumps(_nan_to_none(report), indent=2, allow_nan=False) + "\n")
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, json.dumps(_nan_to_none(report), indent=2, allow_nan=False) + "\n")
