@@ -192,3 +192,22 @@ def test_mismatched_shapes_are_a_data_error():
         aug({"image": np.zeros((1, 4, 8, 8), np.float32), "label": np.zeros((1, 4, 8, 9), np.uint8)})
     with pytest.raises(DataError, match="3 spatial dims"):
         aug({"image": np.zeros((4, 8, 8), np.float32)})
+
+
+def test_labels_come_back_renumbered_when_ids_need_not_be_restored():
+    from pytc.config import AugmentConfig
+    from pytc.data.augment import build_augmentation
+
+    label = np.zeros((1, 8, 16, 16), np.uint64)
+    label[0, :, :8] = 7
+    label[0, :, 8:] = 2**40
+    sample = {"image": np.random.default_rng(0).random((1, 8, 16, 16), dtype=np.float32), "label": label}
+    cfg = AugmentConfig(flip_prob=1.0)
+    kept = build_augmentation(cfg)
+    kept.set_random_state(seed=3)
+    fast = build_augmentation(cfg, restore_ids=False)
+    fast.set_random_state(seed=3)
+    a, b = kept(dict(sample))["label"], fast(dict(sample))["label"]
+    assert a.dtype == np.uint64 and b.dtype == np.int32
+    assert set(np.unique(a)) == {7, 2**40} and set(np.unique(b)) == {1, 2}
+    assert np.array_equal(a == 7, b == b[a == 7][0]) and np.array_equal(a == 2**40, b == b[a == 2**40][0])

@@ -68,12 +68,15 @@ CUT_BLUR_FACTOR = (2.0, 8.0)  # in-plane down-sampling factor inside the box
 CUT_NOISE_STD = (0.1, 0.3)  # "strong" next to noise_std = 0.05
 
 
-def build_augmentation(aug: "AugmentConfig", spatial_dims: int = 3) -> Optional["Compose"]:
+def build_augmentation(aug: "AugmentConfig", spatial_dims: int = 3, restore_ids: bool = True) -> Optional["Compose"]:
     """Build the training augmentation chain.
 
     Args:
         aug: The ``data.augment`` section; each transform runs with its probability.
         spatial_dims: 3 for ``(1, Z, Y, X)`` samples, 2 for ``(1, Y, X)``.
+        restore_ids: give labels back with their original ids and dtype; False returns the
+            renumbered int32 ids (same partition), which is all that target transforms need and
+            saves a remap per sample.
 
     Returns:
         A MONAI ``Compose`` over ``{"image", "label"[, "mask"]}`` dicts, or ``None`` when
@@ -131,7 +134,7 @@ def build_augmentation(aug: "AugmentConfig", spatial_dims: int = 3) -> Optional[
 
     if not chain:  # every probability is 0
         return None
-    return AugmentCompose([_Prepare(spatial_dims), *chain, _Finish()])
+    return AugmentCompose([_Prepare(spatial_dims, restore_ids), *chain, _Finish()])
 
 
 class AugmentCompose(Compose):
@@ -188,9 +191,9 @@ class _Prepare(MapTransform):
     The caller's arrays are never edited.
     """
 
-    def __init__(self, spatial_dims: int):
+    def __init__(self, spatial_dims: int, restore_ids: bool = True):
         super().__init__(_GEOMETRIC, allow_missing_keys=True)
-        self.spatial_dims = spatial_dims
+        self.spatial_dims, self.restore_ids = spatial_dims, restore_ids
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         import fastremap
@@ -211,9 +214,12 @@ class _Prepare(MapTransform):
                 d[key] = np.array(a, dtype=np.float32)  # always a copy
             elif key == LABEL:
                 ids, remap = fastremap.renumber(np.ascontiguousarray(a), preserve_zero=True, in_place=False)
-                inverse = np.zeros(max(remap.values(), default=0) + 1, a.dtype)
-                inverse[list(remap.values())] = list(remap.keys())
-                restore[key] = (inverse, a.dtype)
+                if self.restore_ids:
+                    inverse = np.zeros(max(remap.values(), default=0) + 1, a.dtype)
+                    inverse[list(remap.values())] = list(remap.keys())
+                    restore[key] = (inverse, a.dtype)
+                else:
+                    restore[key] = (None, np.int32)
                 d[key] = ids.astype(np.int32)
             else:
                 restore[key] = (None, a.dtype)

@@ -79,7 +79,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.foreground_fraction = cfg.data.foreground_fraction
         self.targets = list(cfg.data.targets)
         self.spatial_dims = self.volumes.spatial_dims
-        self.aug = build_augmentation(cfg.data.augment, self.spatial_dims)
+        self.aug = build_augmentation(cfg.data.augment, self.spatial_dims, restore_ids=False)  # targets need the partition only
         regions = self.volumes.regions
         self._weights = _probabilities([r.size for r in regions])
         self._fg = [i for i, r in enumerate(regions) if len(r.fg_cells)]
@@ -119,14 +119,15 @@ class PatchDataset(torch.utils.data.Dataset):
             mask = mask[0] if mask is not None else None
         sample = {
             "image": normalize_image(image, self.normalize, stats=region.stats),
-            "label": label[None].astype(np.int64),
+            # integral float labels were accepted at load time; ids must be integers from here on
+            "label": label[None] if np.issubdtype(label.dtype, np.integer) else label[None].astype(np.int64),
         }
         if mask is not None:
             sample["mask"] = (mask[None] > 0).astype(np.float32)
         if self.aug is not None:
             self.aug.set_random_state(seed=aug_seed)
             sample = self.aug(sample)
-        label = np.asarray(sample["label"])[0]  # augmentation keeps ids and dtype exactly
+        label = np.asarray(sample["label"])[0]  # the same partition (ids renumbered when augmented)
         out = {
             "image": _tensor(sample["image"]),
             "target": torch.from_numpy(build_targets(label, self.targets)),
