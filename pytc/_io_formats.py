@@ -10,6 +10,7 @@ must stay cheap (``pytc --help``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -553,6 +554,7 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+@functools.cache  # idempotent; called on every slice read
 def _ensure_tiff_zstd() -> None:
     """Let tifffile read/write zstd TIFFs without imagecodecs, using numcodecs (a zarr dependency)."""
     import tifffile

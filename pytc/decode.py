@@ -440,7 +440,7 @@ def decode_volume(
         >>> decode_volume("pred.zarr", "seg.zarr", "bc-watershed", {"min_size": 50})  # doctest: +SKIP
         {'method': 'bc-watershed', ..., 'outputs': [{'path': 'seg.zarr', 'threshold': None, 'instances': 17}]}
     """
-    from pytc.io import create_volume, open_volume
+    from pytc.io import channel_kinds_attr, create_volume, open_volume
 
     start = time.perf_counter()
     with _status(progress) as step, open_volume(pred_spec) as vol:
@@ -450,8 +450,8 @@ def decode_volume(
             stored["method"] = getattr(method, "value", method)
         cfg = decoding_params({**stored, **dict(params or {})})
         method = _method(cfg.method)
-        if channels is None and attrs.get("pytc_channels") is not None:
-            channels = _as_list(attrs["pytc_channels"])
+        if channels is None:
+            channels = channel_kinds_attr(attrs)
         scale = _scale(vol, attrs)
         spatial = tuple(vol.shape[1:] if vol.ndim == 4 else vol.shape)
         thresholds = sorted(set(cfg.merge_thresholds)) if method is DecodeMethod.affinity_waterz else [None]

@@ -401,7 +401,7 @@ def write_figure(path: str | os.PathLike, test_h5: str | os.PathLike, label_key:
     """
     import numpy as np
 
-    from pytc.io import open_volume
+    from pytc.io import channel_kinds_attr, open_volume
 
     with open_volume(f"{test_h5}:image") as img_vol:
         z = img_vol.shape[0] // 2 if z is None else z
@@ -409,7 +409,7 @@ def write_figure(path: str | os.PathLike, test_h5: str | os.PathLike, label_key:
     with open_volume(f"{test_h5}:{label_key}") as gt_vol:
         gt = np.asarray(gt_vol[z])
     with open_volume(pred) as pred_vol:
-        kinds = list(pred_vol.attrs.get("pytc_channels") or ["binary"])
+        kinds = channel_kinds_attr(pred_vol.attrs) or ["binary"]
         prob_scale = float(pred_vol.attrs.get("pytc_scale", 1.0))
         if "binary" in kinds:
             prob = np.asarray(pred_vol[kinds.index("binary"), z], np.float32)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
 import math
 import os
 import re
@@ -229,6 +230,22 @@ def disk_errors(target: str | os.PathLike):
         raise VolumeError(
             f"cannot write {target} ({os.strerror(code)}); free some space or choose another output, then rerun"
         ) from None
+
+
+def channel_kinds_attr(attrs: dict) -> list[str] | None:
+    """The ``pytc_channels`` attribute of a prediction store as a list of kinds (None when absent).
+
+    Accepts what the formats hand back: a list (Zarr), an array of bytes or str (HDF5), a JSON list
+    or a comma-separated string (written by hand).
+    """
+    kinds = attrs.get("pytc_channels")
+    if kinds is None:
+        return None
+    if isinstance(kinds, bytes):
+        kinds = kinds.decode()
+    if isinstance(kinds, str):
+        kinds = json.loads(kinds) if kinds.strip().startswith("[") else kinds.split(",")
+    return [k.decode() if isinstance(k, bytes) else str(k).strip() for k in np.ravel(np.asarray(kinds, dtype=object))]
 
 
 def write_atomic(path: str | os.PathLike, data: "str | bytes | Callable[[Path], object]") -> Path:

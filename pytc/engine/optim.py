@@ -91,7 +91,8 @@ def build_scheduler(optimizer: "torch.optim.Optimizer", cfg: "SchedulerConfig", 
 
 class _Factor:
     """``lr_factor`` with its settings bound. A class (not a lambda) so ``LambdaLR.state_dict`` stores
-    the settings as plain numbers and a resumed run can check it continues the same schedule."""
+    the settings as plain numbers (a resume replaces them with the current config's: a longer
+    ``max_steps`` stretches the schedule)."""
 
     def __init__(self, **settings):
         self.settings = settings

@@ -266,12 +266,11 @@ def foreground_rule(pred, threshold: float) -> float | None:
 
 
 def _binary_channel(pred, name: str) -> int:
-    kinds = getattr(pred, "attrs", {}).get("pytc_channels")
+    from pytc.io import channel_kinds_attr
+
+    kinds = channel_kinds_attr(getattr(pred, "attrs", {}))
     if kinds is None:
         return 0
-    if isinstance(kinds, (str, bytes)):
-        kinds = kinds.split(",") if isinstance(kinds, str) else kinds.decode().split(",")
-    kinds = [k.decode() if isinstance(k, bytes) else str(k).strip() for k in np.ravel(kinds)]
     if "binary" not in kinds:
         raise DataError(
             f"{name} has channels {', '.join(kinds)}; semantic evaluation needs a binary channel "
