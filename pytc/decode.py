@@ -558,13 +558,10 @@ def _stored_decoding(attrs: dict, origin: str) -> dict:
 @contextlib.contextmanager
 def _status(show: bool):
     """Yield ``step(text)``: a one-line spinner on a terminal, nothing elsewhere."""
-    if not show:
-        yield lambda text: None
-        return
-    from rich.console import Console
+    from pytc.io import terminal_console
 
-    console = Console(stderr=True)
-    if not console.is_terminal:
+    console = terminal_console(show)
+    if console is None:
         yield lambda text: None
         return
     with console.status("") as status:

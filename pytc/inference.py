@@ -229,16 +229,14 @@ def _run_blocks(engine: _Engine, indices: Iterable[int], out, progress: bool,
 @contextlib.contextmanager
 def _progress(show: bool, total: int):
     """Transient rich bar on stderr (blocks done, voxels/s, ETA); nothing when not a terminal."""
-    if not show:
+    from pytc.io import terminal_console
+
+    console = terminal_console(show)
+    if console is None:
         yield lambda voxels: None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield lambda voxels: None
-        return
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, transient=True, console=console) as bar:

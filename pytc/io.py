@@ -611,18 +611,25 @@ def _copy_plan(src_chunks, dst_chunks, shape, itemsize) -> tuple[tuple[int, ...]
     return (unit, size) if size <= MAX_BLOCK_BYTES else (tuple(dst_chunks), MAX_BLOCK_BYTES)
 
 
-@contextlib.contextmanager
-def _progress(show: bool, description: str, total: int):
+def terminal_console(show: bool = True):
+    """A rich console on stderr when ``show`` and stderr is a terminal, else None (progress bars
+    and spinners in a log file or pipe are only noise)."""
     if not show:
-        yield lambda n: None
-        return
+        return None
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     console = Console(stderr=True)
-    if not console.is_terminal:  # a bar in a log file or pipe is only noise
+    return console if console.is_terminal else None
+
+
+@contextlib.contextmanager
+def _progress(show: bool, description: str, total: int):
+    console = terminal_console(show)
+    if console is None:
         yield lambda n: None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
