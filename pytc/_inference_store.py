@@ -24,6 +24,7 @@ from pytc.errors import ConfigError, VolumeError
 log = logging.getLogger("pytc")
 
 DONE_DIR = "done"  # record folder: one empty file per finished block, named by its index
+CARRY_DIR = "carry"  # record folder: partial sums spilled on their way to later blocks, per process
 RUN_FILE = "run.json"  # record folder: fingerprint of the arguments and the z-score statistics
 OUTPUT_FORMS = "out.zarr (the default), out.zarr/array or out.h5:dataset"
 
@@ -142,3 +143,70 @@ def write_run(writer, run: dict) -> None:
     from pytc.io import write_atomic
 
     write_atomic(writer.record_dir / RUN_FILE, json.dumps(run))
+
+
+class Carries:
+    """Partial sums on their way to later blocks (see :mod:`pytc._inference_windows`), keyed by
+    (target block, source block): in memory up to ``budget`` bytes, beyond that the ones needed
+    last go to ``.npy`` files in ``folder`` (a temporary folder when None), so memory stays bounded
+    by the block size however wide the volume is. Only carries for ``wanted`` blocks are kept; a
+    missing one is recomputed by its receiver, so losing them (an interrupted run) costs time, not
+    correctness."""
+
+    def __init__(self, wanted, budget: int, folder: Optional[Path] = None):
+        self.wanted, self.budget, self._folder, self._tmp = set(wanted), int(budget), folder, None
+        self._mem: dict[tuple[int, int], np.ndarray] = {}
+        self._disk: set[tuple[int, int]] = set()
+        self.bytes = 0
+        self.spilled = 0  # carries written to disk so far
+
+    def _dir(self) -> Path:
+        if self._folder is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="pytc-carry-")
+            self._folder = Path(self._tmp.name)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        return self._folder
+
+    def _path(self, key: tuple[int, int]) -> Path:
+        return self._dir() / f"{key[0]}-{key[1]}.npy"
+
+    def put(self, target: int, source: int, array: np.ndarray) -> None:
+        if target not in self.wanted:
+            return
+        self._mem[target, source] = array
+        self.bytes += array.nbytes
+        while self.bytes > self.budget and self._mem:
+            key = max(self._mem)  # the furthest target is needed last
+            spill = self._mem.pop(key)
+            self.bytes -= spill.nbytes
+            path = self._path(key)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, spill)
+            os.replace(tmp, path)
+            self._disk.add(key)
+            self.spilled += 1
+
+    def take(self, target: int, source: int) -> Optional[np.ndarray]:
+        """The carry from ``source`` to ``target`` (removed from the store), or None."""
+        key = (target, source)
+        array = self._mem.pop(key, None)
+        if array is not None:
+            self.bytes -= array.nbytes
+            return array
+        if key in self._disk:
+            self._disk.discard(key)
+            path = self._path(key)
+            array = np.load(path, allow_pickle=False)
+            path.unlink()
+            return array
+        return None
+
+    def close(self) -> None:
+        self._mem.clear()
+        for key in self._disk:
+            self._path(key).unlink(missing_ok=True)
+        self._disk.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()

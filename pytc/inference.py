@@ -19,11 +19,13 @@ How a volume is predicted:
   probabilities. Stored as float32, float16 or uint8 = ``round(clip(p, 0, 1) * 255)``; uint8 keeps
   normalised distances the same way (they live in [0, 1]) and is refused for signed distances
   (-1..1), which need a float dtype.
-* **Blocks (out of core).** The volume is processed in output blocks of ``inference.block_size``;
-  each block reads the region covered by the whole-volume windows that touch it (the halo), so the
-  blocked result equals a whole-volume prediction exactly (see :mod:`pytc._inference_windows`).
-  Memory is bounded by the block plus its halo; the next block is read and the previous one written
-  on helper threads while the network runs.
+* **Blocks (out of core).** The volume is processed in output blocks of ``inference.block_size``
+  over the whole-volume window grid: each window runs once, in the block holding its first voxel,
+  and the part of its weighted prediction that reaches into later blocks is carried to them (see
+  :mod:`pytc._inference_windows`). Blocked and whole-volume predictions differ only by rounding
+  (< 1e-6). Memory is bounded by the block plus one window on each far side and a budget of
+  carried partial sums (twice a block's; the rest wait in files); the next block is read and the
+  previous one written on helper threads while the network runs.
 * **TTA.** ``inference.tta_flips`` (lists of axes) and ``inference.tta_rot90`` (quarter turns in the
   y-x plane), identity always included; each is inverted before averaging and affinity channels are
   re-pointed (a flip along z turns the z-affinity into "v to v + o", which is shifted back by o).
@@ -33,8 +35,11 @@ How a volume is predicted:
 the store's record folder and renames the store into place only when all blocks are done. Rerun
 with the same arguments, it skips the finished blocks; a partial store written with another
 checkpoint, input or config is started over (with a warning). Processes started by
-``accelerate launch`` (``WORLD_SIZE`` > 1) share the blocks (``i % world == rank``) and write into
-one Zarr store whose chunks divide the block; rank 0 prepares the store and renames it at the end.
+``accelerate launch`` (``WORLD_SIZE`` > 1) share the blocks in contiguous runs (rank ``r`` of ``W``
+takes blocks ``r·n/W`` up to ``(r+1)·n/W``) and write into one Zarr store whose chunks divide the
+block; rank 0 prepares the store and renames it at the end. A block whose neighbour was predicted
+by another process or an earlier run recomputes that neighbour's windows reaching into it, in the
+neighbour's own batches, so the output is the same however the blocks were shared or resumed.
 
 Example:
     >>> from pytc.inference import infer, predict_volume
@@ -48,8 +53,10 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -141,6 +148,9 @@ class _Engine:
     """What one prediction needs: input view, window/block plan, normalisation and the predictor."""
 
     def __init__(self, model, image, cfg: "PytcConfig", device: "torch.device", stats=..., name: str = "the input"):
+        import torch
+        from monai.data.utils import compute_importance_map
+
         from pytc.data.targets import channel_kinds, check_out_channels
         from pytc.data.volumes import volume_stats
         from pytc.runtime import autocast_dtype, resolve_precision
@@ -160,33 +170,125 @@ class _Engine:
         self.predictor = WindowPredictor(model, self.kinds, self.augs, dims, autocast_dtype(self.precision), device)
         zscore = cfg.data.normalize == "zscore"
         self.stats = (volume_stats(image) if zscore else None) if stats is ... else stats
+        self.importance = compute_importance_map(window, mode=inf.blending, sigma_scale=0.125, device=device,
+                                                 dtype=torch.float32)  # MONAI's window weights
+        self.windows_run = 0  # network evaluations of windows (each batch counts its windows)
+
+    @property
+    def carry_budget(self) -> int:
+        """Bytes of carried partial sums kept in memory: twice one block's partial sum."""
+        biggest = max(range(len(self.plan)), key=lambda i: math.prod(s.stop - s.start for s in self.plan.extent(i)))
+        return 2 * 4 * len(self.kinds) * math.prod(s.stop - s.start for s in self.plan.extent(biggest))
 
     @property
     def out_shape(self) -> tuple[int, ...]:
         return (len(self.kinds), *self.plan.shape)
 
-    def read(self, index: int) -> np.ndarray:
-        """Normalised float32 input (C_in, *region) of block ``index``."""
+    def read(self, box) -> np.ndarray:
+        """Normalised float32 input (C_in, *box), replicate-padded where the volume is thinner than
+        the window."""
         from pytc.data.volumes import normalize_image, raise_if_not_finite
 
-        region = self.plan.region(index)
-        raw = self.view.read(region)
-        raise_if_not_finite(raw, self.name, [0, *(r.start for r in region)])  # NaN would spread over windows
-        return normalize_image(raw, self.cfg.data.normalize, source_dtype=self.view.dtype, stats=self.stats)
+        raw = self.view.read(box)
+        raise_if_not_finite(raw, self.name, [0, *(r.start for r in box)])  # NaN would spread over windows
+        x = normalize_image(raw, self.cfg.data.normalize, source_dtype=self.view.dtype, stats=self.stats)
+        pads = self.plan.pads
+        if any(any(p) for p in pads):
+            x = np.pad(x, ((0, 0), *pads), mode="edge")  # = MONAI's padding_mode="replicate"
+        return x
 
-    def predict(self, x: np.ndarray, index: int) -> np.ndarray:
-        """Activated float32 prediction (C, *core) of block ``index`` from its input region ``x``."""
+    def read_block(self, index: int) -> Optional[np.ndarray]:
+        """The input of the windows block ``index`` owns (None if it owns none)."""
+        owned = self.plan.owned(index)
+        return self.read(self.plan.input_box(owned)) if owned else None
+
+    def _accumulate(self, source: int, box, x: Optional[np.ndarray] = None) -> "torch.Tensor":
+        """``sum g · p`` over ``box`` of the windows block ``source`` owns: (C, *box) on the device.
+
+        Windows run in the source's own batches (``inference.sw_batch_size`` consecutive owned
+        windows); only the batches with a window meeting ``box`` run, and each window adds its
+        weighted prediction where it meets ``box``. ``x``: the source's input
+        (:meth:`read_block`); read here when None (a recomputed carry).
+        """
         import torch
-        from monai.inferers import sliding_window_inference
 
-        inf, region, core = self.cfg.inference, self.plan.region(index), self.plan.core(index)
+        from pytc._inference_windows import intersect, relative
+
+        plan, bs = self.plan, self.cfg.inference.sw_batch_size
+        owned = plan.owned(source)
+        batches = [owned[i:i + bs] for i in range(0, len(owned), bs)]
+        batches = [b for b in batches if any(intersect(plan.span(k), box) for k in b)]
+        if x is None:
+            x = self.read(plan.input_box([k for b in batches for k in b]))
+            in_box = plan.input_box([k for b in batches for k in b])
+        else:
+            in_box = plan.input_box(owned)
+        xt = torch.from_numpy(x)
+        acc = torch.zeros((len(self.kinds), *(s.stop - s.start for s in box)), device=self.device)
+        imp = self.importance
+        for batch in batches:
+            win = torch.stack([xt[(slice(None), *plan.window_in(k, in_box))] for k in batch]).to(self.device)
+            y = self.predictor(win)
+            self.windows_run += len(batch)
+            for k, yk in zip(batch, y):
+                span = plan.span(k)
+                meet = intersect(span, box)
+                if meet is None:
+                    continue
+                local = tuple(slice(m.start - s, m.stop - s) for m, s in
+                              zip(meet, (a.starts[i] for a, i in zip(plan.axes, k))))
+                acc[(slice(None), *relative(meet, box))] += yk[(slice(None), *local)] * imp[local]
+        return acc
+
+    def _weight(self, index: int) -> "torch.Tensor":
+        """``sum g`` over the core of block ``index``: every window touching it, sources in order."""
+        import torch
+
+        from pytc._inference_windows import intersect, relative
+
+        plan, core = self.plan, self.plan.core(index)
+        weight = torch.zeros(tuple(s.stop - s.start for s in core), device=self.device)
+        for source in plan.sources(index):
+            for k in plan.owned(source):
+                meet = intersect(plan.span(k), core)
+                if meet is not None:
+                    local = tuple(slice(m.start - s, m.stop - s) for m, s in
+                                  zip(meet, (a.starts[i] for a, i in zip(plan.axes, k))))
+                    weight[relative(meet, core)] += self.importance[local]
+        return weight
+
+    def predict(self, index: int, x: Optional[np.ndarray], carries) -> np.ndarray:
+        """Activated float32 prediction (C, *core) of block ``index``: its own windows on ``x``
+        (from :meth:`read_block`), the partial sums carried from earlier blocks (recomputed when
+        missing), and its own carries handed to ``carries`` for later blocks."""
+        import torch
+
+        from pytc._inference_windows import intersect, relative
+
+        plan, core = self.plan, self.plan.core(index)
         with torch.inference_mode():
-            y = sliding_window_inference(
-                torch.from_numpy(x)[None].to(self.device), roi_size=self.plan.window, sw_batch_size=inf.sw_batch_size,
-                predictor=self.predictor, overlap=inf.overlap, mode=inf.blending, padding_mode="replicate",
-            )
-            crop = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
-            return y[(0, slice(None), *crop)].cpu().numpy()
+            own, extent = None, plan.extent(index)
+            if x is not None:
+                own = self._accumulate(index, extent, x)
+                for t in plan.targets(index):
+                    if t in carries.wanted:
+                        part = own[(slice(None), *relative(intersect(extent, plan.core(t)), extent))]
+                        carries.put(t, index, part.cpu().numpy() if part.is_cuda else part.clone().numpy())
+            sources = plan.sources(index)
+            if sources == [index] and own is not None:
+                total = own[(slice(None), *relative(core, extent))]
+            else:
+                total = torch.zeros((len(self.kinds), *(s.stop - s.start for s in core)), device=self.device)
+                for source in sources:
+                    meet = intersect(plan.extent(source), core)
+                    if source == index:
+                        part = own[(slice(None), *relative(meet, extent))]
+                    else:
+                        carried = carries.take(index, source)
+                        part = (torch.from_numpy(carried).to(self.device) if carried is not None
+                                else self._accumulate(source, meet))
+                    total[(slice(None), *relative(meet, core))] += part
+            return (total / self._weight(index)).cpu().numpy()
 
 
 def _quantise(pred: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -196,14 +298,18 @@ def _quantise(pred: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _run_blocks(engine: _Engine, indices: Iterable[int], out, progress: bool,
-                on_done: Optional[Callable[[int], None]] = None, dtype: Optional[np.dtype] = None) -> None:  # fmt: skip
-    """Predict blocks ``indices`` into ``out``. A reader thread fetches the next block and a writer
-    thread stores the previous one (then calls ``on_done``) while the network runs."""
-    indices = list(indices)
+                on_done: Optional[Callable[[int], None]] = None, dtype: Optional[np.dtype] = None,
+                scratch: Optional[Path] = None) -> None:  # fmt: skip
+    """Predict blocks ``indices`` (in increasing order) into ``out``. A reader thread fetches the
+    next block's input and a writer thread stores the previous block (then calls ``on_done``)
+    while the network runs. Partial sums for later blocks among ``indices`` are carried (spilled
+    to ``scratch`` beyond the memory budget); the others are recomputed by their receivers."""
+    indices = sorted(indices)
     if not indices:
         return
     dtype = np.dtype(dtype or out.dtype)
     plan = engine.plan
+    carries = store.Carries(indices, engine.carry_budget, scratch)
 
     def write(i: int, pred: np.ndarray) -> int:
         out[(slice(None), *plan.core(i))] = _quantise(pred, dtype)
@@ -211,19 +317,22 @@ def _run_blocks(engine: _Engine, indices: Iterable[int], out, progress: bool,
             on_done(i)
         return math.prod(s.stop - s.start for s in plan.core(i))
 
-    with _progress(progress, len(indices)) as advance, ThreadPoolExecutor(1, "pytc-read") as reader, \
-            ThreadPoolExecutor(1, "pytc-write") as writer:  # fmt: skip
-        next_input, pending = reader.submit(engine.read, indices[0]), None
-        for k, i in enumerate(indices):
-            x = next_input.result()
-            if k + 1 < len(indices):
-                next_input = reader.submit(engine.read, indices[k + 1])
-            pred = engine.predict(x, i)
-            del x
-            if pending is not None:
-                advance(pending.result())
-            pending = writer.submit(write, i, pred)
-        advance(pending.result())
+    try:
+        with _progress(progress, len(indices)) as advance, ThreadPoolExecutor(1, "pytc-read") as reader, \
+                ThreadPoolExecutor(1, "pytc-write") as writer:  # fmt: skip
+            next_input, pending = reader.submit(engine.read_block, indices[0]), None
+            for k, i in enumerate(indices):
+                x = next_input.result()
+                if k + 1 < len(indices):
+                    next_input = reader.submit(engine.read_block, indices[k + 1])
+                pred = engine.predict(i, x, carries)
+                del x
+                if pending is not None:
+                    advance(pending.result())
+                pending = writer.submit(write, i, pred)
+            advance(pending.result())
+    finally:
+        carries.close()
 
 
 @contextlib.contextmanager
@@ -261,7 +370,7 @@ def predict_volume(model: "torch.nn.Module", image, cfg: "PytcConfig", output=No
             moved to ``device`` and put in eval mode.
         image: Array-like (numpy, h5py, zarr, :class:`pytc.io.Volume`): (Z, Y, X) or (C, Z, Y, X) for a
             3D model; (Y, X), a (Z, Y, X) stack of sections or (C, Z, Y, X) for a 2D one. Read one
-            block (plus halo) at a time.
+            block (plus the windows reaching past it) at a time.
         cfg: The config the model was trained with (``data``, ``model``, ``inference``, precision
             from ``training.precision``).
         output: Writable array-like of shape (C, Z, Y, X) (numpy, zarr, h5py, a
@@ -319,7 +428,9 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
 
     Returns:
         Summary: ``output, shape, dtype, channels, blocks, blocks_skipped`` (finished by an earlier
-        run), ``blocks_computed`` (by this process), ``processes, rank, restarted`` (a partial store
+        run), ``blocks_computed`` (by this process), ``windows`` (of the whole-volume grid),
+        ``windows_computed`` (network evaluations by this process: each window once, plus the
+        partial sums recomputed at the edges of its share), ``processes, rank, restarted`` (a partial store
         from other arguments was discarded), ``device, precision, tta`` (passes per window),
         ``seconds`` and ``voxels_per_s`` (voxels predicted by all processes per second, end to end).
 
@@ -392,13 +503,17 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             engine.stats = tuple(run["stats"]) if run["stats"] is not None else None
             done_dir = writer.record_dir / store.DONE_DIR
             done = {int(p.name) for p in done_dir.iterdir() if p.name.isdigit()}
-            mine = [i for i in range(len(engine.plan)) if i % dist.world == dist.rank and i not in done]
+            n = len(engine.plan)  # each process takes a contiguous run of blocks: most carries stay in it
+            mine = [i for i in range(dist.rank * n // dist.world, (dist.rank + 1) * n // dist.world) if i not in done]
+            scratch = writer.record_dir / store.CARRY_DIR / f"rank{dist.rank}"
+            shutil.rmtree(scratch, ignore_errors=True)  # carries of an interrupted run are not reused
 
             def mark(i: int) -> None:
                 writer.flush()  # the block's data is durable before it is marked finished
                 store.mark_done(done_dir, i)
 
-            _run_blocks(engine, mine, writer, progress and dist.rank == 0, on_done=mark, dtype=out_dtype)
+            _run_blocks(engine, mine, writer, progress and dist.rank == 0, on_done=mark, dtype=out_dtype,
+                        scratch=scratch)
             dist.barrier()
             if dist.rank == 0:
                 missing = len(engine.plan) - sum(1 for p in done_dir.iterdir() if p.name.isdigit())
@@ -416,6 +531,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     return {
         "output": out_spec, "shape": list(engine.out_shape), "dtype": str(out_dtype), "channels": engine.kinds,
         "blocks": len(engine.plan), "blocks_skipped": len(done), "blocks_computed": len(mine),
+        "windows": engine.plan.count_windows(), "windows_computed": engine.windows_run,
         "processes": dist.world, "rank": dist.rank, "restarted": restarted, "device": str(dist.device),
         "precision": engine.precision, "tta": len(engine.augs), "seconds": round(seconds, 3),
         "voxels_per_s": float(voxels / seconds) if seconds > 0 else 0.0,

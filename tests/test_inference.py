@@ -4,6 +4,7 @@ two processes, the `pytc infer` command — plus the io support it needs (attrib
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -132,28 +133,64 @@ def test_window_starts_are_monais():
                 assert window_starts(n, w, overlap) == expected, (n, w, overlap)
 
 
-def test_block_regions_hold_every_window_that_touches_the_core():
-    plan = BlockPlan((13, 37, 29), (8, 16, 16), (5, 7, 9), 0.25)
-    assert len(plan) == 3 * 6 * 4
+@pytest.mark.parametrize("shape, window, block", [((13, 37, 29), (8, 16, 16), (5, 7, 9)),  # blocks < window
+                                                   ((13, 37, 29), (8, 16, 16), (8, 16, 16)),
+                                                   ((5, 12, 29), (8, 16, 16), (2, 5, 8))])  # padded axes
+def test_every_window_has_one_owner_and_reaches_its_blocks_through_carries(shape, window, block):
+    plan = BlockPlan(shape, window, block, 0.25)
+    assert len(plan) == math.prod(-(-n // b) for n, b in zip(shape, block))
+    owned = [k for i in range(len(plan)) for k in plan.owned(i)]
+    assert sorted(owned) == sorted(set(owned)) and len(owned) == plan.count_windows()
+    grid = [window_starts(max(n, w), w, 0.25) for n, w in zip(shape, window)]
+    assert plan.count_windows() == math.prod(len(g) for g in grid)
     for i in range(len(plan)):
-        for axis, (core, region) in enumerate(zip(plan.core(i), plan.region(i))):
-            starts = window_starts(plan.shape[axis], plan.window[axis], 0.25)
-            touching = [s for s in starts if s < core.stop and s + plan.window[axis] > core.start]
-            assert (region.start, region.stop) == (touching[0], touching[-1] + plan.window[axis])
+        core, extent = plan.core(i), plan.extent(i)
+        for k in plan.owned(i):  # a window starts in its owner's core and stays in its extent
+            span = plan.span(k)
+            assert all(c.start <= max(s.start, 0) < c.stop for s, c in zip(span, core))
+            assert all(e.start <= s.start and s.stop <= e.stop for s, e in zip(span, extent))
+        touching = {j for j in range(len(plan)) for k in plan.owned(j)
+                    if all(s.start < c.stop and s.stop > c.start for s, c in zip(plan.span(k), core))}
+        assert plan.sources(i) == sorted(touching)
+        for j in plan.sources(i):
+            assert j == i or i in plan.targets(j)
+        for t in plan.targets(i):  # later blocks only, and each one counts i among its sources
+            assert t > i and i in plan.sources(t)
+
+
+def test_output_chunks_divide_the_block():
     assert output_chunks((128, 512, 512), (1000, 1000, 1000)) == (64, 64, 64)
     assert output_chunks((100, 37, 48), (1000, 1000, 10)) == (50, 37, 10)  # 37 is prime: one chunk per block
 
 
 # ------------------------------------------------------------------------------- predict_volume --
+class _Counting(torch.nn.Module):
+    """The wrapped network, counting the windows it evaluates."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.windows = model, 0
+
+    def forward(self, x):
+        self.windows += x.shape[0]
+        return self.model(x)
+
+
 @pytest.mark.parametrize("blending", ["gaussian", "constant"])
-def test_blocked_prediction_equals_whole_volume_bit_for_bit(data, blending):
+def test_blocked_prediction_runs_each_window_once_and_equals_the_whole_volume(data, blending):
+    # Blocks add the same weighted window predictions as a whole-volume run, grouped by block: the
+    # sums differ only in rounding.
     cfg = tiny_cfg(f"inference.blending={blending}", "inference.block_size=[64,64,64]")
-    model = tiny_model(cfg)
+    model = _Counting(tiny_model(cfg))
     whole = predict_volume(model, data["image"], cfg, progress=False)
+    n_windows = model.windows
+    assert n_windows == BlockPlan(SHAPE, (8, 16, 16), (64, 64, 64), 0.25).count_windows() == 2 * 3 * 3
     for block in ("[8,16,16]", "[5,7,9]", "[13,37,10]"):  # blocks smaller than the window too
         cfg.inference.block_size = json.loads(block)
+        model.windows = 0
         blocked = predict_volume(model, data["image"], cfg, progress=False)
-        np.testing.assert_array_equal(blocked, whole, err_msg=block)
+        np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-6, err_msg=block)
+        assert model.windows == n_windows, block  # no window runs twice
 
 
 def test_blocked_prediction_with_window_batches_is_within_1e6(data):
@@ -163,6 +200,27 @@ def test_blocked_prediction_with_window_batches_is_within_1e6(data):
     whole = predict_volume(model, data["image"], cfg, progress=False)
     cfg.inference.block_size = [5, 7, 9]
     np.testing.assert_allclose(predict_volume(model, data["image"], cfg, progress=False), whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [None, 0])  # carries in memory / every carry through a file
+def test_blocks_predicted_apart_equal_one_pass_bit_for_bit(data, monkeypatch, budget):
+    # Blocks whose sources ran in another call (another process, an interrupted run) recompute
+    # the missing partial sums in the sources' own batches: the same bits as carried ones.
+    import pytc.inference as inference
+
+    cfg = tiny_cfg("inference.sw_batch_size=2", "inference.block_size=[5,7,9]")
+    model = tiny_model(cfg)
+    if budget is not None:
+        monkeypatch.setattr(inference._Engine, "carry_budget", property(lambda self: budget))
+    engine = inference._Engine(model, data["image"], cfg, torch.device("cpu"))
+    one_pass = np.zeros(engine.out_shape, np.float32)
+    inference._run_blocks(engine, range(len(engine.plan)), one_pass, progress=False)
+    assert engine.windows_run == engine.plan.count_windows()
+    apart = np.zeros_like(one_pass)
+    n = len(engine.plan)
+    for share in (range(0, n, 3), range(1, n, 3), range(2, n, 3)):  # no block's neighbour in its share
+        inference._run_blocks(engine, share, apart, progress=False)
+    np.testing.assert_array_equal(apart, one_pass)
 
 
 def test_matches_monai_sliding_window_with_sigmoid_per_window(data):
@@ -224,7 +282,7 @@ def test_a_volume_thinner_than_the_window_is_padded(data):
     whole = predict_volume(model, thin, cfg, progress=False)
     assert whole.shape == (1, 5, 12, 29)
     cfg.inference.block_size = [2, 5, 8]
-    np.testing.assert_array_equal(predict_volume(model, thin, cfg, progress=False), whole)
+    np.testing.assert_allclose(predict_volume(model, thin, cfg, progress=False), whole, rtol=0, atol=1e-6)
 
 
 def test_2d_model_predicts_each_section(data):

@@ -188,7 +188,7 @@ def tiny_net():
     blending=st.sampled_from(["gaussian", "constant"]),
     seed=st.integers(0, 2**16),
 )
-def test_blocked_inference_equals_whole_volume_for_any_block(tiny_net, shape, block, overlap, blending, seed):
+def test_blocked_inference_matches_whole_volume_for_any_block(tiny_net, shape, block, overlap, blending, seed):
     from pytc.inference import predict_volume
 
     assume(any(b < s for b, s in zip(block, shape)))  # at least two blocks
@@ -199,7 +199,8 @@ def test_blocked_inference_equals_whole_volume_for_any_block(tiny_net, shape, bl
     whole = load_config(None, [*common, f"inference.block_size={list(shape)}"])
     a = predict_volume(tiny_net, image, blocked, device="cpu", progress=False)
     b = predict_volume(tiny_net, image, whole, device="cpu", progress=False)
-    assert np.array_equal(a, b), np.abs(a - b).max()
+    # The same window predictions, summed block by block: equal up to float32 rounding.
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6, np.abs(a - b).max()
 
 
 # ------------------------------------------------------------------------------------- config --
