@@ -21,6 +21,16 @@ def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
         raise PytcError(f"{option} expects numbers separated by commas, e.g. 0.3,0.5; got {text!r}") from None
 
 
+def _sizes(text: Optional[str], option: str) -> Optional[list[int]]:
+    """'128,512,512' → [128, 512, 512]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise PytcError(f"{option} expects three whole numbers Z,Y,X, e.g. 128,512,512; got {text!r}") from None
+
+
 def decode(
     pred: Annotated[
         str, typer.Argument(metavar="PRED", help=f"Prediction from pytc infer: {VOLUME_FORMS}.", show_default=False)
@@ -58,6 +68,17 @@ def decode(
         typer.Option("--merge-function", metavar="mean|quantile-N",
                      help="affinity-waterz: boundary score, mean or quantile-N (N = 10, 15, ..., 95)."),
     ] = None,
+    block_size: Annotated[
+        Optional[str],
+        typer.Option("--block-size", metavar="Z,Y,X",
+                     help="threshold, bc-watershed: decode larger volumes block by block, this size.",
+                     show_default=False),
+    ] = None,
+    halo: Annotated[
+        Optional[str],
+        typer.Option("--halo", metavar="Z,Y,X", help="bc-watershed: context each block's flood sees beyond it.",
+                     show_default=False),
+    ] = None,
     channels: Annotated[
         Optional[str],
         typer.Option("--channels", metavar="KIND,KIND,...",
@@ -69,6 +90,14 @@ def decode(
 
     Unset parameters come from the decoding section of the checkpoint's config stored in PRED,
     else from the defaults (pytc config show).
+
+    threshold and bc-watershed work on volumes of any size: a volume larger than --block-size
+    (default 128,512,512) is read, decoded and written one block at a time. threshold gives
+    exactly the whole-volume labels; bc-watershed floods each block with --halo voxels of context
+    around it, so a voxel near a block border can go to another seed than in one whole-volume
+    flood (regions keep one id across borders). affinity-waterz and mutex-watershed agglomerate
+    the whole volume in memory and refuse, before reading it, a volume whose estimated peak memory
+    exceeds what is available.
     """
     from pytc.decode import decode_volume
 
@@ -80,6 +109,8 @@ def decode(
         "foreground_threshold": foreground_threshold,
         "merge_thresholds": _floats(merge_thresholds, "--merge-thresholds"),
         "merge_function": merge_function,
+        "block_size": _sizes(block_size, "--block-size"),
+        "halo": _sizes(halo, "--halo"),
     }
     summary = decode_volume(
         pred,

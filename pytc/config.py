@@ -298,6 +298,31 @@ class DecodingConfig(_Section):
         "mean", pattern=r"^(mean|quantile-(1[05]|[2-9][05]))$",
         description="affinity-waterz: edge score, mean or quantile-N (N = 10, 15, ..., 95) of the boundary affinities.",
     )
+    # 128×512×512 float32 is 128 MiB a channel: a few such arrays per block stay well under 2 GiB.
+    block_size: list[int] = Field(
+        [128, 512, 512], min_length=3, max_length=3,
+        description="threshold, bc-watershed: volumes larger than this (z, y, x) are decoded block by block.",
+    )
+    # A flood rarely reaches further than an object's radius; 8 sections and 32 pixels cover
+    # mitochondria and nuclei at the usual anisotropic EM resolutions for ~1.3x the work of a block.
+    halo: list[int] = Field(
+        [8, 32, 32], min_length=3, max_length=3,
+        description="bc-watershed: context (z, y, x) each block's watershed sees beyond its borders.",
+    )
+
+    @field_validator("block_size")
+    @classmethod
+    def _positive_block(cls, v: list[int]) -> list[int]:
+        if any(s < 1 for s in v):
+            raise ValueError("block sizes must be positive")
+        return v
+
+    @field_validator("halo")
+    @classmethod
+    def _non_negative_halo(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v):
+            raise ValueError("halo sizes must be 0 or more")
+        return v
 
 
 class EvaluationConfig(_Section):

@@ -38,8 +38,19 @@ prediction store written by ``pytc infer`` to a label volume. The decoders
 Common to all: connected components use 26-connectivity (:data:`CONNECTIVITY`); when an affinity
 prediction also has a binary channel, voxels with ``binary <= threshold`` are set to background;
 instances with fewer than ``min_size`` voxels are removed; labels are renumbered 1..N (0 =
-background), uint32, or uint64 when N needs it. Parameter defaults live in
-:class:`pytc.config.DecodingConfig`.
+background) in raster order of each instance's first voxel, uint32, or uint64 when N needs it.
+Parameter defaults live in :class:`pytc.config.DecodingConfig`.
+
+Volumes of any size: ``threshold`` and ``bc-watershed`` decode a volume larger than
+``block_size`` block by block (:mod:`pytc._decode_blocks`), holding one block at a time.
+``threshold`` is exact: the labels are identical to a whole-volume decode. ``bc-watershed`` has
+exact global seeds, so a region keeps one id across block borders, but each block is flooded
+on the block plus ``halo`` voxels per side: where the flood's competition between two seeds is
+decided beyond the halo, a voxel near a block border can go to another seed than in a
+whole-volume flood (on the synthetic benchmark volume, with the default halo, well under 1% of
+the foreground). The two affinity decoders agglomerate the whole volume at once and have no
+blockwise form: they run in memory, and refuse (``DataError``) a volume whose estimated peak
+memory exceeds the memory available, before reading it.
 
 Example:
     >>> import numpy as np
@@ -52,6 +63,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -59,11 +71,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, ge
 
 import numpy as np
 
+from pytc import _decode_blocks as blocks
 from pytc.choices import DecodeMethod
 from pytc.errors import ConfigError, DataError, OutputExistsError
 
 if TYPE_CHECKING:
     from pytc.config import DecodingConfig
+    from pytc.io import VolumeWriter
 
 __all__ = ["CONNECTIVITY", "WATERZ_SCORES", "decode", "decode_volume", "decoding_params"]
 
@@ -83,6 +97,15 @@ WATERZ_SCORES = {
 }
 
 _UNIT_OFFSETS = ((1, 0, 0), (0, 1, 0), (0, 0, 1))  # waterz's channel order: z, y, x neighbours
+_BLOCKWISE = (DecodeMethod.threshold, DecodeMethod.bc_watershed)
+
+# Peak memory of the in-memory decoders, bytes per voxel, measured as the rise of VmHWM while
+# decoding 32x128x128 and 64x256x256 synthetic predictions (bench/decode.py's) held in memory,
+# rounded up: waterz 43-53 (float32 affinities, uint64 fragments, region graph) and 8 more for
+# every further threshold's labels; mwatershed 81-83 per affinity channel it is given (float64
+# weights and its sorted edge list).
+_WATERZ_BYTES, _WATERZ_BYTES_PER_THRESHOLD = 56, 8
+_MWS_BYTES_PER_CHANNEL, _MWS_BYTES = 84, 16
 
 
 def decode(
@@ -92,7 +115,12 @@ def decode(
     offsets: Optional[Sequence[Sequence[int]]] = None,
     **params: Any,
 ) -> np.ndarray | dict[float, np.ndarray]:
-    """Turn probabilities into instance labels (the whole volume is decoded in memory).
+    """Turn probabilities into instance labels.
+
+    ``threshold`` and ``bc-watershed`` decode a volume larger than ``block_size`` block by block
+    (a numpy result is still returned: pass a Zarr/HDF5 array-like, or use :func:`decode_volume`,
+    for volumes larger than memory); the affinity decoders decode the whole volume in memory
+    and check first that it fits (see the module docs).
 
     Args:
         pred: Probabilities in [0, 1], ``(C, Z, Y, X)``, or ``(Z, Y, X)`` for one channel; any
@@ -104,7 +132,8 @@ def decode(
             default ``(1,0,0), (0,1,0), (0,0,1)`` when there are exactly three.
         **params: :class:`~pytc.config.DecodingConfig` fields (``threshold``, ``min_size``,
             ``seed_threshold``, ``contour_threshold``, ``foreground_threshold``,
-            ``merge_thresholds``, ``merge_function``); unset ones take the config defaults.
+            ``merge_thresholds``, ``merge_function``, ``block_size``, ``halo``); unset ones take
+            the config defaults.
 
     Returns:
         uint32 (uint64 when needed) labels ``(Z, Y, X)``, 1..N, 0 = background; for
@@ -113,16 +142,15 @@ def decode(
 
     Raises:
         DataError: The prediction lacks the channels the method needs, the offsets do not match
-            the affinity channels, or the values are not probabilities.
+            the affinity channels, the values are not probabilities, or an affinity decoder would
+            need more memory than is available.
         ConfigError: Unknown method or parameter, or a value out of range.
     """
     method = _method(method)
     cfg = decoding_params(params)
     kinds = _channel_kinds(pred, channels)
-    if method is DecodeMethod.threshold:
-        return _threshold(pred, kinds, cfg)
-    if method is DecodeMethod.bc_watershed:
-        return _bc_watershed(pred, kinds, cfg)
+    if method in _BLOCKWISE:
+        return _blockwise(pred, method, kinds, cfg)[0]
     offsets = _affinity_offsets(kinds, offsets, method)
     if method is DecodeMethod.affinity_waterz:
         return _waterz(pred, kinds, offsets, cfg)
@@ -141,16 +169,72 @@ def decoding_params(params: Mapping[str, Any]) -> "DecodingConfig":
 
 
 # ------------------------------------------------------------------------------- the decoders --
+def _blockwise(pred, method: DecodeMethod, kinds: list[str], cfg, create=None, show: bool = False,
+               scratch_beside=None) -> tuple[Optional[np.ndarray], int]:
+    """``threshold`` or ``bc-watershed``, block by block when the volume is larger than a block.
+
+    Args:
+        create: ``create(dtype)`` → a context manager giving the array-like the labels are written
+            to; None returns them as a numpy array.
+        show: Progress bars on a terminal.
+        scratch_beside: bc-watershed's temporary label stores go to a folder beside this path
+            (the output); None keeps them in memory for a numpy prediction and puts them in the
+            system's temporary folder otherwise.
+
+    Returns:
+        ``(labels or None when written to create's array, number of instances)``.
+    """
+    shape = _spatial_shape(pred)
+    block = tuple(min(b, n) for b, n in zip(cfg.block_size, shape))
+    if method is DecodeMethod.threshold:
+        c = _threshold_channel(kinds)
+    elif "binary" not in kinds or "contour" not in kinds:
+        raise _needs("bc-watershed", "a binary and a contour channel", kinds)
+    if block == shape:  # one block: the whole-volume decoder, as it always was
+        labels = _threshold(pred, kinds, cfg) if method is DecodeMethod.threshold else _bc_watershed(pred, kinds, cfg)
+        n = int(labels.max()) if labels.size else 0
+        if create is None:
+            return labels, n
+        with create(labels.dtype) as out:
+            out[...] = labels
+        return None, n
+
+    kept: dict[str, np.ndarray] = {}
+    if create is None:
+
+        def create(dtype):
+            kept["labels"] = np.zeros(shape, dtype)
+            return contextlib.nullcontext(kept["labels"])
+
+    with blocks.block_progress(show) as step:
+        if method is DecodeMethod.threshold:
+            n = blocks.threshold_blocks(
+                lambda sel: _read(pred, c, kinds, sel) > cfg.threshold, shape, block, cfg.min_size, create, step
+            )
+        else:
+            b, k = kinds.index("binary"), kinds.index("contour")
+            if scratch_beside is None and not isinstance(pred, np.ndarray):
+                scratch_beside = blocks.temporary_path()
+            with blocks.Scratch(scratch_beside) as scratch:
+                n = blocks.bc_watershed_blocks(
+                    lambda sel: (_read(pred, b, kinds, sel), _read(pred, k, kinds, sel)),
+                    shape, block, tuple(cfg.halo), cfg, create, step, scratch,
+                )
+    return kept.get("labels"), n
+
+
+def _threshold_channel(kinds: list[str]) -> int:
+    if "binary" in kinds:
+        return kinds.index("binary")
+    if len(kinds) == 1:
+        return 0
+    raise _needs("threshold", "a binary channel (or a single-channel prediction)", kinds)
+
+
 def _threshold(pred, kinds: list[str], cfg) -> np.ndarray:
     import cc3d
 
-    if "binary" in kinds:
-        c = kinds.index("binary")
-    elif len(kinds) == 1:
-        c = 0
-    else:
-        raise _needs("threshold", "a binary channel (or a single-channel prediction)", kinds)
-    fg = _read(pred, c, kinds) > cfg.threshold
+    fg = _read(pred, _threshold_channel(kinds), kinds) > cfg.threshold
     return _finish(cc3d.connected_components(fg, connectivity=CONNECTIVITY), None, cfg.min_size)
 
 
@@ -158,8 +242,6 @@ def _bc_watershed(pred, kinds: list[str], cfg) -> np.ndarray:
     import cc3d
     from skimage.segmentation import watershed
 
-    if "binary" not in kinds or "contour" not in kinds:
-        raise _needs("bc-watershed", "a binary and a contour channel", kinds)
     fg = _read(pred, kinds.index("binary"), kinds)
     contour = _read(pred, kinds.index("contour"), kinds)
     seeds = cc3d.connected_components(
@@ -181,12 +263,16 @@ def _waterz(pred, kinds: list[str], offsets: list[tuple[int, ...]], cfg) -> np.n
             f"affinity-waterz needs the short-range offsets [1, 0, 0], [0, 1, 0], [0, 0, 1]; the prediction's "
             f"affinity offsets are {[list(o) for o in offsets]} (missing {missing}); use --method mutex-watershed"
         )
+    thresholds = sorted(set(float(t) for t in cfg.merge_thresholds))
+    shape = _spatial_shape(pred)
+    _check_memory("affinity-waterz", shape,
+                  _WATERZ_BYTES + _WATERZ_BYTES_PER_THRESHOLD * (len(thresholds) - 1),
+                  f"3 affinity channels, {len(thresholds)} merge threshold{'s' if len(thresholds) > 1 else ''}")
     aff_channels = _channels_of(kinds, "affinity")
-    affs = np.empty((3, *_spatial_shape(pred)), np.float32)  # C-contiguous float32, as waterz wants
+    affs = np.empty((3, *shape), np.float32)  # C-contiguous float32, as waterz wants
     for j, o in enumerate(_UNIT_OFFSETS):
         affs[j] = _read(pred, aff_channels[offsets.index(o)], kinds)
     mask = _foreground_mask(pred, kinds, cfg)
-    thresholds = sorted(set(float(t) for t in cfg.merge_thresholds))
     results: dict[float, np.ndarray] = {}
     with _quiet_stdout():  # waterz's C++ core prints its progress with std::cout
         segs = waterz.agglomerate(affs, thresholds=thresholds, scoring_function=WATERZ_SCORES[cfg.merge_function])
@@ -214,6 +300,8 @@ def _mutex_watershed(pred, kinds: list[str], offsets: list[tuple[int, ...]], cfg
             f"mutex-watershed: every long-range offset is as long as an axis of the {'×'.join(map(str, shape))} "
             f"volume (offsets {[list(o) for o in offsets]}); decode a larger volume or use --method affinity-waterz"
         )
+    _check_memory("mutex-watershed", shape, _MWS_BYTES + _MWS_BYTES_PER_CHANNEL * len(used),
+                  f"{len(used)} affinity channels")
     weights = np.empty((len(used), *shape), np.float64)  # mwatershed takes float64 only
     for j, (c, _, attractive) in enumerate(used):
         weights[j] = _read(pred, c, kinds)
@@ -333,9 +421,11 @@ def _spatial_shape(pred) -> tuple[int, ...]:
     return tuple(pred.shape[1:] if pred.ndim == 4 else pred.shape)
 
 
-def _read(pred, c: int, kinds: Sequence[str]) -> np.ndarray:
-    """Channel ``c`` as a float32 array of our own, checked to hold probabilities."""
-    data = pred[c] if pred.ndim == 4 else pred[...]
+def _read(pred, c: int, kinds: Sequence[str], sel: Optional[tuple] = None) -> np.ndarray:
+    """Channel ``c`` (the spatial region ``sel``, default all) as a float32 array of our own,
+    checked to hold probabilities."""
+    sel = (slice(None),) * 3 if sel is None else tuple(sel)
+    data = pred[(c, *sel)] if pred.ndim == 4 else pred[sel]
     # Callers modify the result in place: copy unless the reader handed us a fresh array.
     fresh = isinstance(data, np.ndarray) and data.base is None and data is not pred
     a = np.asarray(data, dtype=np.float32) if fresh else np.array(data, dtype=np.float32)
@@ -347,6 +437,56 @@ def _read(pred, c: int, kinds: Sequence[str]) -> np.ndarray:
                 "decode sigmoid outputs (pytc infer writes them)"
             )
     return a
+
+
+def _check_memory(method: str, shape: tuple[int, ...], bytes_per_voxel: int, what: str) -> None:
+    """Refuse an in-memory decode whose estimated peak exceeds the memory available now."""
+    need = math.prod(shape) * bytes_per_voxel
+    available = _available_memory()
+    if available is not None and need > available:
+        raise DataError(
+            f"{method} decodes the whole volume in memory and needs about {_size(need)} for "
+            f"{'×'.join(map(str, shape))} voxels ({what}), but {_size(available)} is available; "
+            "decode a crop of the prediction, use a machine with more memory, or use --method threshold or "
+            "bc-watershed (decoded block by block)"
+        )
+
+
+def _size(n: int) -> str:
+    """2.5 GiB, 1.0 MiB, 4 KiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.0f} {unit}" if unit == "KiB" else f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: MemAvailable (Linux), capped by a cgroup v2 limit
+    (containers); psutil elsewhere; None when unknown (no check)."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        except Exception:  # not installed, or no answer on this platform
+            return None
+    try:  # cgroup v2: the limit minus what is used, not counting page cache it can drop
+        cgroup = "/sys/fs/cgroup/"
+        with open(cgroup + "memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open(cgroup + "memory.current") as f:
+                used = int(f.read())
+            with open(cgroup + "memory.stat") as f:
+                cache = next((int(ln.split()[1]) for ln in f if ln.startswith("inactive_file ")), 0)
+            available = min(available, max(int(limit) - used + cache, 0))
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def _foreground_mask(pred, kinds: Sequence[str], cfg) -> Optional[np.ndarray]:
@@ -412,8 +552,12 @@ def decode_volume(
     The prediction's attributes (see docs/architecture.md, "Prediction stores") supply what the
     file alone can: ``pytc_channels`` (kinds), ``pytc_offsets``, ``pytc_scale`` (uint8 stores are
     divided by 255) and ``pytc_config`` (its ``decoding`` section gives the method and parameter
-    defaults). The whole volume is decoded in memory: peak memory is a few times the float32
-    size of the channels the method reads (mutex watershed: 8 bytes per affinity voxel).
+    defaults). ``threshold`` and ``bc-watershed`` read, decode and write a volume larger than
+    ``block_size`` one block at a time (bc-watershed keeps seed and region labels in a temporary
+    store beside the output, deleted at the end); peak memory is then a few times one block's
+    float32 size plus two z-planes of uint64 labels, whatever the volume. The affinity decoders
+    decode the whole volume in memory and refuse, before reading it, a volume whose estimated
+    peak exceeds the memory available (see the module docs).
 
     Args:
         pred_spec: The prediction, any :func:`pytc.io.open_volume` address.
@@ -440,10 +584,10 @@ def decode_volume(
         >>> decode_volume("pred.zarr", "seg.zarr", "bc-watershed", {"min_size": 50})  # doctest: +SKIP
         {'method': 'bc-watershed', ..., 'outputs': [{'path': 'seg.zarr', 'threshold': None, 'instances': 17}]}
     """
-    from pytc.io import channel_kinds_attr, create_volume, open_volume
+    from pytc.io import channel_kinds_attr, create_volume, open_volume, parse_spec
 
     start = time.perf_counter()
-    with _status(progress) as step, open_volume(pred_spec) as vol:
+    with open_volume(pred_spec) as vol:
         attrs = vol.attrs
         stored = _stored_decoding(attrs, str(pred_spec))
         if method is not None:
@@ -459,23 +603,36 @@ def decode_volume(
         for spec in targets.values():  # fail now, not after minutes of decoding
             _check_output(spec, spatial, force)
 
-        step(f"decoding {vol.spec} ({method.value})")
         values = cfg.model_dump(exclude={"method"})
-        result = decode(_Dequantized(vol, scale), method, channels, _offsets_attr(attrs), **values)
         voxel_size = vol.voxel_size if vol.voxel_size is not None and len(vol.voxel_size) == 3 else None
-    labels = result if isinstance(result, dict) else {thresholds[0]: result}
-    outputs = []
-    for t, spec in targets.items():
-        step(f"writing {spec}")
-        seg = labels[t]
-        with create_volume(spec, seg.shape, seg.dtype, voxel_size=voxel_size, force=force) as out:
-            out[...] = seg
-        outputs.append({"path": spec, "threshold": t, "instances": int(seg.max()) if seg.size else 0})
+        pred = _Dequantized(vol, scale)
+        outputs, dtypes = [], []
+
+        def create(spec: str, dtype) -> "VolumeWriter":
+            dtypes.append(np.dtype(dtype))
+            return create_volume(spec, spatial, dtype, voxel_size=voxel_size, force=force)
+
+        if method in _BLOCKWISE:  # block by block, straight into the output
+            spec = targets[None]
+            _, n = _blockwise(pred, method, _channel_kinds(pred, channels), cfg, lambda dtype: create(spec, dtype),
+                              progress, parse_spec(spec).path)
+            outputs.append({"path": spec, "threshold": None, "instances": n})
+        else:
+            with _status(progress) as step:
+                step(f"decoding {vol.spec} ({method.value})")
+                result = decode(pred, method, channels, _offsets_attr(attrs), **values)
+                labels = result if isinstance(result, dict) else {thresholds[0]: result}
+                for t, spec in targets.items():
+                    step(f"writing {spec}")
+                    seg = labels.pop(t)
+                    with create(spec, seg.dtype) as out:
+                        out[...] = seg
+                    outputs.append({"path": spec, "threshold": t, "instances": int(seg.max()) if seg.size else 0})
     return {
         "method": method.value,
         "params": values,
         "shape": list(spatial),
-        "dtype": str(next(iter(labels.values())).dtype),
+        "dtype": str(dtypes[0]),
         "seconds": time.perf_counter() - start,
         "outputs": outputs,
     }

@@ -379,3 +379,171 @@ def test_decode_volume_attribute_errors(tmp_path):
             decode_volume(spec, tmp_path / "seg.zarr", "threshold", progress=False)
         assert message in str(err.value)
     assert not (tmp_path / "seg.zarr").exists()
+
+
+# ------------------------------------------------------------------------- block by block --
+def smooth_prediction(shape, seed: int, channels: int = 1) -> np.ndarray:
+    """Smooth random probabilities in [0, 1]: blobs of many sizes, some much larger than a block."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((channels, *shape), np.float32)
+    for c in range(channels):
+        field = gaussian_filter(rng.random(shape), 1.5)
+        out[c] = (field - field.min()) / (field.max() - field.min())
+    return out
+
+
+def matched_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of the voxels labelled in either volume where b's label is the one that overlaps a's
+    label most (1.0: the same partition up to renaming)."""
+    fg = (a > 0) | (b > 0)
+    pairs, counts = np.unique(np.stack([b[fg], a[fg]]), axis=1, return_counts=True)
+    best: dict = {}
+    for (bb, _), n in zip(pairs.T.tolist(), counts.tolist()):
+        best[bb] = max(best.get(bb, 0), n)
+    return sum(best.values()) / fg.sum()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_threshold_block_by_block_is_exact(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(9, 26, 3))
+    pred = smooth_prediction(shape, seed)[0]
+    params = {"threshold": float(rng.uniform(0.6, 0.7)), "min_size": int(rng.integers(0, 10))}
+    whole = decode(pred, "threshold", **params)
+    assert whole.max() >= 2
+    for block in ([4, 5, 7], [1, 9, 9], [3, 2, 30], [shape[0], shape[1], 1]):
+        # Same labels, numbers included (raster order of each object's first voxel).
+        assert np.array_equal(decode(pred, "threshold", block_size=block, **params), whole), block
+
+
+def test_threshold_block_by_block_joins_diagonal_contacts():
+    # Blocks of 4: voxels on either side of a block corner, edge or face, touching diagonally.
+    pred = np.zeros((8, 8, 8), np.float32)
+    pred[3, 3, 3] = pred[4, 4, 4] = 1  # across a corner of 8 blocks
+    pred[3, 3, 7] = pred[4, 4, 6] = 1  # across an edge (z and y borders), x moves too
+    pred[1, 3, 1] = pred[2, 4, 0] = 1  # across a y face, z and x move
+    pred[6, 0, 3] = pred[6, 2, 4] = 1  # two apart: not touching
+    whole = decode(pred, "threshold", min_size=0)
+    assert whole.max() == 5
+    assert np.array_equal(decode(pred, "threshold", min_size=0, block_size=[4, 4, 4]), whole)
+    assert np.array_equal(decode(pred, "threshold", min_size=2, block_size=[4, 4, 4]),
+                          decode(pred, "threshold", min_size=2))
+
+
+def em_prediction(shape, seed: int) -> np.ndarray:
+    """Binary + contour of synthetic EM mitochondria the way a network predicts them: smoothed,
+    noisy, clipped to [0, 1] (as bench/decode.py makes them)."""
+    from scipy.ndimage import gaussian_filter
+
+    from pytc.synth import make_em_volume
+
+    label = make_em_volume(shape, seed=seed).mito_instances
+    pred = build_targets(label, [TargetConfig(name="binary"), TargetConfig(name="contour")])
+    rng = np.random.default_rng(seed)
+    for c in range(2):
+        pred[c] = np.clip(gaussian_filter(pred[c], 1.0) + rng.normal(0, 0.05, shape), 0, 1)
+    return pred
+
+
+def test_bc_watershed_block_by_block():
+    pred = smooth_prediction((18, 30, 34), seed=5, channels=2)
+    params = {"seed_threshold": 0.6, "contour_threshold": 0.5, "min_size": 5}
+    whole = decode(pred, "bc-watershed", ["binary", "contour"], **params)
+    assert whole.max() >= 10
+    # Exact when every block's halo reaches over the whole volume.
+    wide = decode(pred, "bc-watershed", ["binary", "contour"], block_size=[5, 7, 9], halo=[18, 30, 34], **params)
+    assert np.array_equal(wide, whole)
+
+    # A realistic prediction, 64 blocks: floods can differ only near block borders, and little.
+    pred = em_prediction((32, 128, 128), seed=1)
+    whole = decode(pred, "bc-watershed", ["binary", "contour"], min_size=20)
+    assert whole.max() == 20
+    near = decode(pred, "bc-watershed", ["binary", "contour"], min_size=20, block_size=[8, 32, 32], halo=[2, 8, 8])
+    assert near.max() == 20 and matched_fraction(whole, near) >= 0.99
+    assert (near == whole)[(near > 0) | (whole > 0)].mean() >= 0.99  # the same numbers, too
+    blind = decode(pred, "bc-watershed", ["binary", "contour"], min_size=20, block_size=[8, 32, 32], halo=[0, 0, 0])
+    assert matched_fraction(whole, blind) < matched_fraction(whole, near)  # the halo is what makes it close
+
+
+def test_bc_watershed_block_by_block_keeps_one_id_across_borders():
+    # A long tube through 4 blocks along x with one seed all along it, and a separate blob.
+    label = np.zeros((6, 10, 40), np.uint32)
+    label[1:5, 2:7, 2:38] = 1
+    label[1:5, 8:10, 5:9] = 2
+    pred = soft(build_targets(label, [TargetConfig(name="binary"), TargetConfig(name="contour")]))
+    seg = decode(pred, "bc-watershed", ["binary", "contour"], block_size=[3, 5, 10], halo=[1, 1, 1], min_size=0)
+    assert same_partition(seg, label) and np.array_equal(seg, decode(pred, "bc-watershed", ["binary", "contour"],
+                                                                      min_size=0))
+
+
+def test_block_size_and_halo_are_validated():
+    pred = np.zeros((4, 4, 4), np.float32)
+    with pytest.raises(ConfigError, match=r"decoding parameters: decoding.block_size: block sizes must be positive, got \[0, 4, 4\]$"):
+        decode(pred, "threshold", block_size=[0, 4, 4])
+    with pytest.raises(ConfigError, match=r"decoding.halo: halo sizes must be 0 or more, got \[-1, 0, 0\]"):
+        decode(pred, "bc-watershed", block_size=[2, 2, 2], halo=[-1, 0, 0])
+    with pytest.raises(ConfigError, match="decoding.block_size"):
+        decode(pred, "threshold", block_size=[4, 4])
+
+
+def test_decode_volume_block_by_block(tmp_path):
+    pred = smooth_prediction((12, 20, 22), seed=6, channels=2)
+    spec = write_zarr(tmp_path / "pred.zarr", quantise(pred), pytc_channels=["binary", "contour"], pytc_scale=255,
+                      voxel_size=[30.0, 4.0, 4.0])
+    dequantised = quantise(pred) / np.float32(255)
+    params = {"threshold": 0.65, "seed_threshold": 0.6, "contour_threshold": 0.5, "min_size": 3, "halo": [12, 20, 22]}
+    for method, out in (("threshold", f"{tmp_path}/seg.h5:labels"), ("bc-watershed", tmp_path / "seg.zarr")):
+        summary = decode_volume(spec, out, method, {**params, "block_size": [5, 8, 8]}, progress=False)
+        expected = decode(dequantised, method, ["binary", "contour"], **params)
+        with open_volume(out) as seg:
+            assert np.array_equal(seg[...], expected) and seg.voxel_size == (30.0, 4.0, 4.0)
+        assert summary["outputs"][0]["instances"] == expected.max() > 1 and summary["dtype"] == "uint32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.zarr", "seg.h5", "seg.zarr"]  # no scratch left
+
+    # A bad value in the last block: an error after some blocks were decoded leaves nothing behind.
+    bad = pred.copy()
+    bad[0, -1, -1, -1] = 1.5
+    spec = write_zarr(tmp_path / "bad.zarr", bad, pytc_channels=["binary", "contour"])
+    with pytest.raises(DataError, match=r"channel 0 \(binary\) holds values in \[.*, 1.5\]"):
+        decode_volume(spec, tmp_path / "out.zarr", "bc-watershed", {"block_size": [5, 8, 8]}, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zarr", "pred.zarr", "seg.h5", "seg.zarr"]
+
+    # The CLI passes --block-size and --halo on.
+    result = CliRunner().invoke(app, ["decode", spec.replace("bad", "pred"), "-o", str(tmp_path / "cli.zarr"), "-m",
+                                      "threshold", "--threshold", "0.65", "--min-size", "3", "--block-size", "5,8,8",
+                                      "--halo", "1,2,2"])
+    assert result.exit_code == 0, result.output
+    with open_volume(tmp_path / "cli.zarr") as seg:
+        expected = decode(dequantised, "threshold", ["binary", "contour"], threshold=0.65, min_size=3)
+        assert expected.max() > 1 and np.array_equal(seg[...], expected)
+    result = CliRunner().invoke(app, ["decode", spec, "-o", str(tmp_path / "x.zarr"), "--block-size", "5,8"])
+    assert result.exit_code == 2 and "decoding.block_size" in result.output
+
+
+def test_affinity_decoders_refuse_volumes_that_do_not_fit(monkeypatch, tmp_path):
+    import pytc.decode
+
+    monkeypatch.setattr(pytc.decode, "_available_memory", lambda: 4096)
+    aff = np.full((6, 8, 16, 16), 0.5, np.float32)
+    with pytest.raises(DataError) as err:
+        decode(aff[:3], "affinity-waterz", ["affinity"] * 3, merge_thresholds=[0.3, 0.5])
+    assert str(err.value) == (
+        "affinity-waterz decodes the whole volume in memory and needs about 128 KiB for 8×16×16 voxels (3 affinity "
+        "channels, 2 merge thresholds), but 4 KiB is available; decode a crop of the prediction, use a machine "
+        "with more memory, or use --method threshold or bc-watershed (decoded block by block)")
+    spec = write_h5(tmp_path / "aff.h5", aff, pytc_channels=["affinity"] * 6, pytc_offsets=np.array(LONG_RANGE))
+    with pytest.raises(DataError, match=r"mutex-watershed decodes the whole volume in memory and needs about "
+                                        r"1.0 MiB for 8×16×16 voxels \(6 affinity channels\), but 4 KiB is available"):
+        decode_volume(spec, tmp_path / "seg.zarr", "mutex-watershed", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aff.h5"]
+    monkeypatch.setattr(pytc.decode, "_available_memory", lambda: None)  # unknown: no check
+    assert decode(aff[:3], "affinity-waterz", ["affinity"] * 3).shape == (8, 16, 16)
+
+
+def test_available_memory_is_read():
+    from pytc.decode import _available_memory
+
+    available = _available_memory()
+    assert available is None or 2**20 < available < 2**50
