@@ -14,11 +14,11 @@
    fresh interpreter reporting VmHWM from /proc/self/status; MONAI's whole-volume prediction of the
    same volumes is measured the same way for contrast (it grows with the volume).
 
-Run: ``python bench/infer.py [--size 48,160,160] [--ooc-size 96,256,256] [--block 64,256,256]
+Run: ``python bench/infer.py [--size 48,160,160] [--ooc-size 128,384,384] [--block 64,192,192]
 [--rss-size 48,160,160] [--rss-block 32,96,96] [--repeats 5] [--threads 1]``. The defaults (a 3-level
-U-Net with 8..32 features, 32x64x64 windows, the out-of-core block 2x4x4 windows like the default
-config's 128x512x512 blocks of 64x128x128 windows) take about two minutes on 2 CPU cores; one torch
-thread keeps the numbers steady on a shared machine (pass --threads 0 for torch's default).
+U-Net with 8..32 features, 32x64x64 windows; out of core, 2x2x2 blocks of 2x3x3 windows, so partial
+sums are carried across every kind of block border) take about three minutes on 2 CPU cores; one
+torch thread keeps the numbers steady on a shared machine (pass --threads 0 for torch's default).
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ def main() -> None:
     global THREADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="48,160,160", help="in-memory volume Z,Y,X")
-    parser.add_argument("--ooc-size", default="96,256,256", help="out-of-core volume Z,Y,X")
-    parser.add_argument("--block", default="64,256,256", help="out-of-core block Z,Y,X")
+    parser.add_argument("--ooc-size", default="128,384,384", help="out-of-core volume Z,Y,X")
+    parser.add_argument("--block", default="64,192,192", help="out-of-core block Z,Y,X")
     parser.add_argument("--rss-size", default="48,160,160", help="smaller volume of the memory test (the other is 2x per axis)")
     parser.add_argument("--rss-block", default="32,96,96", help="block of the memory test")
     parser.add_argument("--repeats", type=int, default=5)

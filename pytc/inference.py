@@ -24,7 +24,7 @@ How a volume is predicted:
   and the part of its weighted prediction that reaches into later blocks is carried to them (see
   :mod:`pytc._inference_windows`). Blocked and whole-volume predictions differ only by rounding
   (< 1e-6). Memory is bounded by the block plus one window on each far side and a budget of
-  carried partial sums (twice a block's; the rest wait in files); the next block is read and the
+  carried partial sums (one block's; the rest wait in files); the next block is read and the
   previous one written on helper threads while the network runs.
 * **TTA.** ``inference.tta_flips`` (lists of axes) and ``inference.tta_rot90`` (quarter turns in the
   y-x plane), identity always included; each is inverted before averaging and affinity channels are
@@ -176,9 +176,10 @@ class _Engine:
 
     @property
     def carry_budget(self) -> int:
-        """Bytes of carried partial sums kept in memory: twice one block's partial sum."""
+        """Bytes of carried partial sums kept in memory: one block's partial sum (the carries to the
+        next block along x, usually; those to the next row and layer wait in files)."""
         biggest = max(range(len(self.plan)), key=lambda i: math.prod(s.stop - s.start for s in self.plan.extent(i)))
-        return 2 * 4 * len(self.kinds) * math.prod(s.stop - s.start for s in self.plan.extent(biggest))
+        return 4 * len(self.kinds) * math.prod(s.stop - s.start for s in self.plan.extent(biggest))
 
     @property
     def out_shape(self) -> tuple[int, ...]:
