@@ -30,6 +30,7 @@ it keeps the same window grid and the same guarantees.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -97,11 +98,14 @@ class _Axis:
         return max(s, 0), min(s + self.w, self.n)
 
     def owned(self, j: int) -> range:
-        ks = [k for k, o in enumerate(self.owner) if o == j]
-        return range(ks[0], ks[-1] + 1) if ks else range(0)
+        """Windows starting in block ``j`` (owners never decrease along the axis: one run)."""
+        lo, hi = bisect.bisect_left(self.owner, j), bisect.bisect_right(self.owner, j)
+        return range(lo, hi)
 
     def touching(self, lo: int, hi: int) -> list[int]:
-        return [k for k in range(len(self.starts)) if self.span(k)[0] < hi and self.span(k)[1] > lo]
+        """Windows meeting [lo, hi)."""
+        first = bisect.bisect_right(self.starts, lo - self.w)  # windows end at start + w, capped at n
+        return [k for k in range(first, len(self.starts)) if self.starts[k] < hi]
 
     def extent(self, j: int) -> tuple[int, int]:
         """Core ``j`` and the voxels its windows reach beyond it."""
@@ -195,6 +199,10 @@ class BlockPlan:
     @property
     def pads(self) -> tuple[tuple[int, int], ...]:
         return tuple(a.pad for a in self.axes)
+
+    def largest_extent(self) -> tuple[int, int, int]:
+        """An upper bound of every block's extent, axis by axis."""
+        return tuple(max(a.extent(j)[1] - a.extent(j)[0] for j in range(g)) for a, g in zip(self.axes, self.grid))
 
     def count_windows(self) -> int:
         """Windows of the whole-volume grid (each evaluated once by a blocked run)."""

@@ -178,8 +178,7 @@ class _Engine:
     def carry_budget(self) -> int:
         """Bytes of carried partial sums kept in memory: one block's partial sum (the carries to the
         next block along x, usually; those to the next row and layer wait in files)."""
-        biggest = max(range(len(self.plan)), key=lambda i: math.prod(s.stop - s.start for s in self.plan.extent(i)))
-        return 4 * len(self.kinds) * math.prod(s.stop - s.start for s in self.plan.extent(biggest))
+        return 4 * len(self.kinds) * math.prod(self.plan.largest_extent())
 
     @property
     def out_shape(self) -> tuple[int, ...]:
