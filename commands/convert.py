@@ -44,7 +44,8 @@ def convert(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
 ) -> None:
-    """Convert a volume between HDF5, Zarr, TIFF and slice folders, voxel for voxel."""
+    """Convert a volume between HDF5, Zarr, TIFF and slice folders, voxel for voxel. Attributes (a
+    prediction's channel kinds and scale, ...) are copied between HDF5 and Zarr."""
     from pytc.io import convert as convert_volume
 
     summary = convert_volume(

@@ -35,6 +35,9 @@ _BIGTIFF_BYTES = 2**31  # classic TIFF offsets are 32-bit; switch early, compres
 _TIFF_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, struct.error, zlib.error)
 
 
+# Attributes that carry the voxel size (HDF5 conventions, then OME-NGFF group metadata).
+VOXEL_SIZE_ATTRS = ("voxel_size", "resolution", "element_size_um", "multiscales", "ome")
+
 def as_voxel_size(value) -> tuple[float, float, float] | None:
     """Last three entries of ``value`` as floats (z, y, x), or None if it is not a size."""
     try:
@@ -229,7 +232,7 @@ class H5Reader:
         self.attrs = {str(k): from_h5_attr(v) for k, v in obj.attrs.items()}
         self.voxel_size = None
         for attrs in (obj.attrs, self._file.attrs):
-            for name in ("voxel_size", "resolution", "element_size_um"):
+            for name in VOXEL_SIZE_ATTRS[:3]:
                 if name in attrs and self.voxel_size is None:
                     self.voxel_size = as_voxel_size(attrs[name])
 

@@ -36,6 +36,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -677,7 +678,9 @@ def convert(
     Blocks aligned to the destination chunks (usually :data:`BLOCK_BYTES`, a few in flight)
     are copied on a small thread pool; the whole volume is never loaded. A 2D source is written
     as one z-slice, (1, Y, X), the way TIFF files and slice folders always read. The voxel size
-    is kept unless ``voxel_size`` is given.
+    is kept unless ``voxel_size`` is given; the other attributes of an HDF5 dataset or Zarr array
+    (e.g. a prediction's ``pytc_channels`` and ``pytc_scale``) are copied to Zarr and HDF5 outputs
+    (TIFF and slices have none: a warning names what is dropped).
 
     Args:
         src, dst: volume addresses (see the module docs); ``src`` is only read.
@@ -698,6 +701,12 @@ def convert(
         vsize = voxel_size if voxel_size is not None else source.voxel_size
         itemsize = source.dtype.itemsize
         with create_volume(dst, shape, source.dtype, chunks, compression, vsize, force) as out:
+            attrs = {k: v for k, v in source.attrs.items() if k not in fmt.VOXEL_SIZE_ATTRS}
+            if attrs and out.format in ("zarr", "hdf5"):
+                out.set_attrs(attrs)  # pytc_channels / pytc_scale: a converted prediction reads the same
+            elif attrs:
+                warnings.warn(f"{out.format} has no attributes: {', '.join(sorted(attrs))} of {source.spec} are "
+                              "not copied; convert to Zarr or HDF5 to keep them", stacklevel=2)
 
             def copy(sel):
                 out[sel] = source[sel[1:]] if flat else source[sel]

@@ -107,6 +107,26 @@ def test_every_supported_codec_round_trips(tmp_path, random_volume, write_volume
         assert (vol.compression is None) == (compression == "none")
 
 
+def test_convert_copies_attributes_between_zarr_and_hdf5(tmp_path):
+    # A converted prediction must still say what its channels are and how it is scaled.
+    attrs = {"pytc_channels": ["binary", "contour"], "pytc_scale": 255, "note": "raw"}
+    with create_volume(f"{tmp_path}/p.zarr", (2, 3, 8, 8), "uint8", voxel_size=(30, 4, 4)) as out:
+        out[...] = 7
+        out.set_attrs(attrs)
+    convert(f"{tmp_path}/p.zarr", f"{tmp_path}/p.h5:pred", progress=False)
+    convert(f"{tmp_path}/p.h5:pred", f"{tmp_path}/q.zarr", voxel_size=(40, 8, 8), progress=False)
+    with open_volume(f"{tmp_path}/p.h5:pred") as a, open_volume(f"{tmp_path}/q.zarr") as b:
+        assert {k: a.attrs[k] for k in attrs} == attrs and a.voxel_size == (30.0, 4.0, 4.0)
+        assert b.attrs == attrs and b.voxel_size == (40.0, 8.0, 8.0)  # the new voxel size, not the copied one
+    with create_volume(f"{tmp_path}/one.zarr", (3, 8, 8), "uint8") as out:
+        out[...] = 7
+        out.set_attrs(attrs)
+    with pytest.warns(UserWarning, match="tiff has no attributes: note, pytc_channels, pytc_scale"):
+        convert(f"{tmp_path}/one.zarr", f"{tmp_path}/one.tif", progress=False)
+    with open_volume(f"{tmp_path}/one.tif") as tif:
+        assert (tif[...] == 7).all()
+
+
 def test_unsupported_codecs_are_clear_errors(tmp_path):
     with pytest.raises(VolumeError, match="TIFF has no lz4"):
         create_volume(tmp_path / "a.tif", (2, 4, 4), "uint8", compression="lz4")
