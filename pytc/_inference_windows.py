@@ -149,11 +149,13 @@ class BlockPlan:
     def __len__(self) -> int:
         return math.prod(self.grid)
 
-    def _pos(self, index: int) -> tuple[int, ...]:
-        return tuple(int(p) for p in np.unravel_index(index, self.grid))
+    def _pos(self, index: int) -> tuple[int, int, int]:
+        _, gy, gx = self.grid
+        return index // (gy * gx), index // gx % gy, index % gx
 
     def _index(self, pos: Sequence[int]) -> int:
-        return int(np.ravel_multi_index(tuple(pos), self.grid))
+        _, gy, gx = self.grid
+        return (pos[0] * gy + pos[1]) * gx + pos[2]
 
     def core(self, index: int) -> Box:
         return tuple(slice(*a.core(j)) for a, j in zip(self.axes, self._pos(index)))

@@ -218,16 +218,14 @@ class _Engine:
         owned = plan.owned(source)
         batches = [owned[i:i + bs] for i in range(0, len(owned), bs)]
         batches = [b for b in batches if any(intersect(plan.span(k), box) for k in b)]
+        in_box = plan.input_box(owned if x is not None else [k for b in batches for k in b])
         if x is None:
-            x = self.read(plan.input_box([k for b in batches for k in b]))
-            in_box = plan.input_box([k for b in batches for k in b])
-        else:
-            in_box = plan.input_box(owned)
-        xt = torch.from_numpy(x)
+            x = self.read(in_box)
+        xt = torch.from_numpy(x).to(self.device)  # once: windows overlap, so per-window copies would repeat voxels
         acc = torch.zeros((len(self.kinds), *(s.stop - s.start for s in box)), device=self.device)
         imp = self.importance
         for batch in batches:
-            win = torch.stack([xt[(slice(None), *plan.window_in(k, in_box))] for k in batch]).to(self.device)
+            win = torch.stack([xt[(slice(None), *plan.window_in(k, in_box))] for k in batch])
             y = self.predictor(win)
             self.windows_run += len(batch)
             for k, yk in zip(batch, y):
