@@ -304,7 +304,7 @@ class DecodingConfig(_Section):
         description="threshold, bc-watershed: volumes larger than this (z, y, x) are decoded block by block.",
     )
     # A flood rarely reaches further than an object's radius; 8 sections and 32 pixels cover
-    # mitochondria and nuclei at the usual anisotropic EM resolutions for ~1.3x the work of a block.
+    # mitochondria and nuclei at the usual anisotropic EM resolutions, for 1.4x a block's voxels.
     halo: list[int] = Field(
         [8, 32, 32], min_length=3, max_length=3,
         description="bc-watershed: context (z, y, x) each block's watershed sees beyond its borders.",

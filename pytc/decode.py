@@ -47,8 +47,9 @@ Volumes of any size: ``threshold`` and ``bc-watershed`` decode a volume larger t
 exact global seeds, so a region keeps one id across block borders, but each block is flooded
 on the block plus ``halo`` voxels per side: where the flood's competition between two seeds is
 decided beyond the halo, a voxel near a block border can go to another seed than in a
-whole-volume flood (on the synthetic benchmark volume, with the default halo, well under 1% of
-the foreground). The two affinity decoders agglomerate the whole volume at once and have no
+whole-volume flood (bench/decode.py's synthetic 128×512×512 prediction in 8 blocks gives labels
+identical to the whole-volume ones with the default halo; 0.2% of the foreground differs with no
+halo at all). The two affinity decoders agglomerate the whole volume at once and have no
 blockwise form: they run in memory, and refuse (``DataError``) a volume whose estimated peak
 memory exceeds the memory available, before reading it.
 
