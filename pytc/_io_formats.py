@@ -334,7 +334,7 @@ class H5Writer:
 
 
 # --------------------------------------------------------------------------------------- Zarr --
-def _ome_multiscales(attrs) -> list | None:
+def ome_multiscales(attrs) -> list | None:
     """OME-NGFF ``multiscales`` of a group: v0.5 keeps it under ``ome``, v0.4 at the top."""
     ome = attrs.get("ome")
     found = ome.get("multiscales") if isinstance(ome, dict) else attrs.get("multiscales")
@@ -404,7 +404,7 @@ class ZarrReader:
             self._raise_not_found(path, key, err)
         self.voxel_size = None
         if isinstance(node, zarr.Group):
-            multiscales = _ome_multiscales(node.attrs)
+            multiscales = ome_multiscales(node.attrs)
             members = [] if multiscales else sorted(
                 k for k, v in node.members(max_depth=None) if isinstance(v, zarr.Array)
             )
@@ -440,7 +440,7 @@ class ZarrReader:
             group = zarr.open_group(store=str(path), mode="r", path=parent)
         except (FileNotFoundError, ValueError, KeyError):
             return None
-        multiscales = _ome_multiscales(group.attrs)
+        multiscales = ome_multiscales(group.attrs)
         return _ome_voxel_size(multiscales[0], name) if multiscales else None
 
     @staticmethod

@@ -58,6 +58,7 @@ __all__ = [
     "create_volume",
     "disk_errors",
     "iter_blocks",
+    "list_volumes",
     "open_volume",
     "parse_spec",
     "volume_info",
@@ -733,6 +734,39 @@ def _block_stats(block: np.ndarray, labels: bool) -> dict:
         "sum": block.sum(dtype=np.float64),
         "labels": np.unique(block) if labels else None,
     }
+
+
+def list_volumes(spec: str | os.PathLike) -> list[str]:
+    """Addresses of the arrays in an HDF5 file or Zarr group given without a dataset or array
+    (``file.h5`` → ``["file.h5:image", "file.h5:label"]``); ``[]`` for any other address,
+    including an OME-Zarr image (it reads as one volume).
+
+    Raises:
+        VolumeError: the address has an unknown extension.
+    """
+    vs = parse_spec(spec)
+    if vs.format == "hdf5" and vs.key is None and vs.path.is_file():
+        import h5py
+
+        names: list[str] = []
+        try:
+            with h5py.File(vs.path, "r") as f:
+                f.visititems(lambda name, o: names.append(name) if isinstance(o, h5py.Dataset) else None)
+        except OSError:
+            return []  # open_volume explains what is wrong with the file
+        return [f"{vs.path}:{n}" for n in names]
+    if vs.format == "zarr" and vs.path.is_dir():
+        import zarr
+
+        try:
+            node = zarr.open(store=str(vs.path), mode="r", path=vs.key or "")
+        except (FileNotFoundError, ValueError, KeyError):
+            return []
+        if not isinstance(node, zarr.Group) or fmt.ome_multiscales(node.attrs):
+            return []
+        where = f"{vs.path}/{vs.key}" if vs.key else str(vs.path)
+        return [f"{where}/{k}" for k, v in sorted(node.members(max_depth=None)) if isinstance(v, zarr.Array)]
+    return []
 
 
 def volume_info(spec: str | os.PathLike, stats: bool = False, progress: bool = False) -> dict:

@@ -63,6 +63,28 @@ def test_info_stats_json_is_correct(volume_factory, dtype):
     assert info.get("n_labels") == (np.unique(data).size if dtype == "uint32" else None)
 
 
+def test_info_lists_the_arrays_of_a_container(tmp_path):
+    with h5py.File(tmp_path / "cremi.h5", "w") as f:
+        f.create_dataset("volumes/raw", data=np.zeros((4, 6, 8), "u1"), chunks=(2, 3, 4))
+        f["volumes/labels/neuron_ids"] = np.zeros((4, 6, 8), "u8")
+    result = invoke("info", tmp_path / "cremi.h5", "--json")
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.stdout)
+    assert [v["key"] for v in listing["volumes"]] == ["volumes/labels/neuron_ids", "volumes/raw"]
+    assert [v["dtype"] for v in listing["volumes"]] == ["uint64", "uint8"]
+    assert listing["volumes"][1]["chunks"] == [2, 3, 4]
+    table = invoke("info", tmp_path / "cremi.h5")
+    assert table.exit_code == 0 and f"{tmp_path}/cremi.h5:volumes/raw" in table.stdout and "4 × 6 × 8" in table.stdout
+    group = tmp_path / "g.zarr"
+    import zarr
+
+    root = zarr.open_group(str(group), mode="w")
+    root.create_array("a", shape=(2, 3, 4), dtype="u2")
+    root.create_array("b/c", shape=(5, 3, 4), dtype="f4")
+    listing = json.loads(invoke("info", group, "--json").stdout)
+    assert [(v["key"], v["shape"]) for v in listing["volumes"]] == [("a", [2, 3, 4]), ("b/c", [5, 3, 4])]
+
+
 def _ambiguous(path):
     with h5py.File(path, "w") as f:
         f["image"], f["label"] = np.zeros((2, 2, 2), "u1"), np.zeros((2, 2, 2), "u1")
@@ -74,7 +96,8 @@ def _ambiguous(path):
     [
         (lambda p, src: ["info", p / "nope.h5"], "nope.h5 does not exist"),
         (lambda p, src: ["info", p / "vol.nii"], "cannot tell the format"),
-        (lambda p, src: ["info", _ambiguous(p / "two.h5")], "two.h5:image"),
+        (lambda p, src: ["info", _ambiguous(p / "two.h5"), "--stats"], "holds 2 volumes; name one for --stats"),
+        (lambda p, src: ["convert", _ambiguous(p / "two.h5"), p / "o.zarr"], "two.h5:image"),
         (lambda p, src: ["info", f"{src}:nope"], "no such dataset"),
         (lambda p, src: ["info", (p / "empty").mkdir() or f"{p}/empty/"], "holds no .tif/.tiff/.png slices"),
         (lambda p, src: ["info", (p / "bad.tif").write_bytes(b"\0" * 64) and p / "bad.tif"], "not a readable TIFF"),
