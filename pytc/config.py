@@ -60,7 +60,7 @@ class ModelConfig(_Section):
     """Network architecture (see `pytc list-archs`) and its loss."""
 
     architecture: str = Field("monai_basic_unet3d", description="Registered architecture name (`pytc list-archs`).")
-    in_channels: int = Field(1, ge=1, description="Input channels (1 for grayscale EM).")
+    in_channels: int = Field(1, ge=1, description="Input channels (1 for grayscale EM; more need data.augment.enabled=false).")
     out_channels: int = Field(1, ge=1, description="Output channels; must equal the channels of all targets.")
     spatial_dims: Optional[Literal[2, 3]] = Field(None, description="2 or 3; null = number of entries in data.patch_size.")
     input_size: Optional[list[int]] = Field(

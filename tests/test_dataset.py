@@ -15,7 +15,7 @@ import torch
 from pytc.config import config_from_dict
 from pytc.data.dataset import PatchDataset, StepSampler, build_train_loader, load_val_volumes
 from pytc.data.volumes import VolumeStats, normalize_image, volume_stats
-from pytc.errors import DataError
+from pytc.errors import ConfigError, DataError
 
 SHAPE = (24, 32, 32)
 PATCH = [8, 16, 16]
@@ -222,6 +222,9 @@ def test_several_volumes_and_channels(vol, tmp_path):
     ds = PatchDataset(cfg)
     assert ds[0]["image"].shape == (2, *PATCH)
     assert {ds.position(i)[0] for i in range(20)} == {0, 1}  # both volumes are sampled
+    with_aug = cfg.model_copy(update={"data": cfg.data.model_copy(update={"augment": type(cfg.data.augment)()})})
+    with pytest.raises(ConfigError, match="in_channels=2 set data.augment.enabled=false"):
+        PatchDataset(with_aug, ds.volumes)  # refused before training, not at the first sample
 
 
 # ---------------------------------------------------------------------------------- errors --

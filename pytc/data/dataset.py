@@ -79,6 +79,11 @@ class PatchDataset(torch.utils.data.Dataset):
         self.foreground_fraction = cfg.data.foreground_fraction
         self.targets = list(cfg.data.targets)
         self.spatial_dims = self.volumes.spatial_dims
+        if cfg.model.in_channels > 1 and cfg.data.augment.enabled:
+            from pytc.errors import ConfigError
+
+            raise ConfigError(f"augmentation handles single-channel images; with model.in_channels="
+                              f"{cfg.model.in_channels} set data.augment.enabled=false")
         self.aug = build_augmentation(cfg.data.augment, self.spatial_dims, restore_ids=False)  # targets need the partition only
         regions = self.volumes.regions
         self._weights = _probabilities([r.size for r in regions])
