@@ -46,4 +46,5 @@ def train(
         typer.echo(f"Run directory: {summary['run_dir']} (step {summary['step']})")
         typer.echo(f"Best checkpoint: {summary['best_checkpoint'] or 'none (no validation metric)'}")
         typer.echo(f"Last checkpoint: {summary['last_checkpoint']}")
-        typer.echo(f"Final metrics: {metrics}" + ("  [stopped early]" if summary["stopped_early"] else ""))
+        note = "  [stopped early]" if summary["stopped_early"] else "  [time limit]" if summary["out_of_time"] else ""
+        typer.echo(f"Final metrics: {metrics}{note}")

@@ -230,6 +230,11 @@ class TrainingConfig(_Section):
     gradient_clip_val: Optional[float] = Field(None, gt=0, description="Clip the global gradient norm; null = off.")
     val_check_interval: int = Field(500, ge=1, description="Validate every this many optimizer steps.")
     ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="Keep an EMA of weights (e.g. 0.999); null = off.")
+    max_minutes: Optional[float] = Field(
+        None, gt=0,
+        description="Stop after this many wall-clock minutes (from the start of the run), saving a checkpoint "
+                    "to resume from; e.g. a cluster job's time limit minus a margin. null = no limit.",
+    )
 
     @field_validator("precision", mode="before")
     @classmethod

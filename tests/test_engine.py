@@ -181,6 +181,21 @@ def test_early_stopping_stops(blobs, tmp_path):
     assert Path(out["last_checkpoint"]).name == "step-000003"
 
 
+def test_max_minutes_stops_with_a_checkpoint_and_the_run_resumes(blobs, tmp_path, monkeypatch):
+    import pytc.engine.train as train
+
+    ticks = iter(range(0, 10_000, 60))  # every reading of the clock is one minute later
+    monkeypatch.setattr(train, "_clock", lambda: next(ticks))
+    cfg = tiny_cfg(blobs, "training.max_steps=5", "training.val_check_interval=100", "training.max_minutes=2.5")
+    out = fit(cfg, run_dir=tmp_path)
+    assert out["out_of_time"] and not out["stopped_early"] and out["step"] == 3  # 60, 120 < 150 <= 180 s
+    assert Path(out["last_checkpoint"]).name == "step-000003"
+    assert [ln["step"] for ln in read_metrics(tmp_path) if "val/loss" in ln] == [3]  # validated before stopping
+    more = fit(cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_minutes": None})}),
+               run_dir=tmp_path, resume="auto")
+    assert (more["step"], more["steps_this_run"], more["out_of_time"]) == (5, 2, False)
+
+
 def test_a_run_directory_with_checkpoints_is_not_overwritten(blobs, tmp_path):
     fit(tiny_cfg(blobs, "training.max_steps=1", val=False), run_dir=tmp_path)
     with pytest.raises(OutputExistsError, match="--resume auto"):

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 VAL_METRICS = ("val/loss", "val/iou", "val/dice")
 
 
+_clock = time.monotonic  # training.max_minutes's clock (tests move it)
+
+
 def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         resume: Optional[Union[str, os.PathLike]] = None, fast_dev_run: bool = False) -> dict:
     """Train a model as ``cfg`` says; write the run directory; return a summary.
@@ -59,7 +62,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
     Returns:
         ``{"run_dir", "step", "steps_this_run", "best_checkpoint", "last_checkpoint", "metrics",
-        "stopped_early", "is_main_process", "model"}``; ``metrics`` are the last validation's,
+        "stopped_early", "out_of_time", "is_main_process", "model"}``; ``metrics`` are the last validation's,
+        ``out_of_time``: ``training.max_minutes`` stopped the run (a checkpoint was saved, validated first),
         ``model`` is this process's trained model (unwrapped, raw weights).
 
     Raises:
@@ -96,6 +100,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             "choose another --run-dir / system.output_dir"
         )
     total_steps = 1 if fast_dev_run else (tc.max_steps or tc.max_epochs * tc.iters_per_epoch)
+    deadline = None if tc.max_minutes is None or fast_dev_run else _clock() + tc.max_minutes * 60
     log_every = 1 if fast_dev_run else cfg.logging.log_every_n_steps
 
     # ---- Accelerate: device, DDP, AMP, accumulation. The scheduler counts optimizer steps, so it is
@@ -182,7 +187,12 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                 step += 1
                 if ema is not None:
                     ema.update_parameters(raw_model)
-                loss_value = accelerator.reduce(loss, "mean").item()  # every process sees the same value
+                # One reduction gives every process the same loss and the same verdict on the time limit.
+                late = float(deadline is not None and _clock() >= deadline)
+                loss_value, late = accelerator.reduce(torch.stack([loss.detach().float(),
+                                                                   loss.new_tensor(late, dtype=torch.float32)]),
+                                                      "mean").tolist()
+                out_of_time = late > 0
                 if not math.isfinite(loss_value):
                     last = ckpt.find_resume_checkpoint(run_dir)
                     raise PytcError(
@@ -202,7 +212,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                                                       **{f"loss/{k}": v for k, v in zip(names, values)},
                                                       "lr": lr, "samples_per_s": rate})
 
-                finished = step == total_steps
+                finished = step == total_steps or out_of_time
                 validated = False
                 if val_volumes and (step % tc.val_check_interval == 0 or finished):
                     eval_model = ema.module if ema is not None else raw_model
@@ -233,6 +243,10 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                     accelerator.wait_for_everyone()
                 if stopped_early:
                     break
+                if out_of_time:
+                    accelerator.print(f"time limit reached at step {step} (training.max_minutes={tc.max_minutes:g}); "
+                                      "continue with --resume auto")
+                    break
         accelerator.end_training()
 
         best = ckpt_dir / "best"
@@ -245,6 +259,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             "last_checkpoint": str(last) if last else None,
             "metrics": val_metrics,
             "stopped_early": stopped_early,
+            "out_of_time": step < total_steps and not stopped_early,
             "is_main_process": main,
             "model": raw_model,
         }
