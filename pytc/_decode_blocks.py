@@ -49,9 +49,22 @@ from typing import Callable, ContextManager, Iterator, Optional
 
 import numpy as np
 
-__all__ = ["Scratch", "bc_watershed_blocks", "block_grid", "block_progress", "temporary_path", "threshold_blocks"]
+__all__ = ["Scratch", "bc_watershed_blocks", "block_grid", "block_progress", "label_components", "threshold_blocks"]
 
 CONNECTIVITY = 26  # the same as pytc.decode.CONNECTIVITY (kept here to avoid an import cycle)
+
+
+def label_components(mask: np.ndarray, return_n: bool = False):
+    """``cc3d.connected_components(mask, connectivity=26)``, also on line-shaped arrays.
+
+    cc3d 4.1 with 26-connectivity fails ("maximum length exception") on (1, 1, k)-like arrays
+    holding more than about k/4 pieces — edge blocks of a volume and thin 2D images produce them.
+    On a line 26- and 6-connectivity are the same relation, and cc3d labels it with 6.
+    """
+    import cc3d
+
+    connectivity = 6 if sum(n == 1 for n in mask.shape) >= 2 else CONNECTIVITY
+    return cc3d.connected_components(mask, connectivity=connectivity, return_N=return_n)
 _NO_VOXEL = np.iinfo(np.int64).max  # "first voxel" of an id that has none yet
 
 # read(sel) -> array for the spatial selection sel; create(dtype) -> writer context for the labels;
@@ -111,7 +124,7 @@ class _Components:
         import cc3d
         import fastremap
 
-        labels, n = cc3d.connected_components(mask, connectivity=CONNECTIVITY, return_N=True)
+        labels, n = label_components(mask, return_n=True)
         offset = self._next
         self.offsets.append(offset)
         self.sizes.append(int(n))
@@ -266,7 +279,7 @@ def threshold_blocks(read_fg: Reader, shape, block, min_size: int, create: Creat
     advance = step("write", len(grid))
     with create(table.dtype) as out:
         for b, (_, sel) in enumerate(grid):
-            labels = cc3d.connected_components(read_fg(sel), connectivity=CONNECTIVITY)
+            labels = label_components(read_fg(sel))
             out[sel] = comps.lut(table, b)[labels]
             advance()
     return n
@@ -355,12 +368,14 @@ def bc_watershed_blocks(
 class Scratch:
     """Label arrays kept between passes: numpy arrays in memory (``beside=None``), or Zarr arrays
     in a temporary folder ``.<name>-scratch.pytc-tmp-<pid>`` beside the path ``beside`` (e.g.
-    the output), deleted on :meth:`close`; one left by a killed run is removed by the next run
-    beside the same path."""
+    the output), or in a fresh system temporary folder (``temporary=True``), deleted on
+    :meth:`close`; one left beside a path by a killed run is removed by the next run there."""
 
-    def __init__(self, beside: Optional[os.PathLike] = None):
+    def __init__(self, beside: Optional[os.PathLike] = None, temporary: bool = False):
         self._path: Optional[Path] = None
-        if beside is not None:
+        if temporary:  # a folder of its own: decodes running side by side never share one
+            self._path = Path(tempfile.mkdtemp(prefix="pytc-decode-"))
+        elif beside is not None:
             from pytc._io_formats import TMP_TAG, clean_stale
             from pytc.io import disk_errors
 
@@ -378,7 +393,7 @@ class Scratch:
             return np.zeros(shape, dtype)
         import zarr
 
-        chunks = tuple(_divisor_at_most(b, 64) for b in block)
+        chunks = tuple(_scratch_chunk(b) for b in block)
         return zarr.create_array(store=str(self._path / f"{name}.zarr"), shape=shape, dtype=dtype, chunks=chunks,
                                  fill_value=0, compressors=zarr.codecs.ZstdCodec(level=1))
 
@@ -394,13 +409,12 @@ class Scratch:
         self.close()
 
 
-def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
-
-
-def temporary_path() -> Path:
-    """Where scratch stores go for array-likes that are not numpy (the system's temporary folder)."""
-    return Path(tempfile.gettempdir()) / "pytc-decode"
+def _scratch_chunk(b: int, cap: int = 64, floor: int = 16) -> int:
+    """The largest divisor of the block edge ``b`` up to ``cap``; when that is tiny (``b`` prime,
+    say) ``min(b, cap)`` instead: blocks then straddle chunks, which costs less than a million
+    one-voxel chunk files."""
+    d = max(k for k in range(1, min(b, cap) + 1) if b % k == 0)
+    return d if d >= floor or d == b else min(b, cap)
 
 
 # ------------------------------------------------------------------------------------ progress --

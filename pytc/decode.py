@@ -214,9 +214,8 @@ def _blockwise(pred, method: DecodeMethod, kinds: list[str], cfg, create=None, s
             )
         else:
             b, k = kinds.index("binary"), kinds.index("contour")
-            if scratch_beside is None and not isinstance(pred, np.ndarray):
-                scratch_beside = blocks.temporary_path()
-            with blocks.Scratch(scratch_beside) as scratch:
+            temporary = scratch_beside is None and not isinstance(pred, np.ndarray)
+            with blocks.Scratch(scratch_beside, temporary=temporary) as scratch:
                 n = blocks.bc_watershed_blocks(
                     lambda sel: (_read(pred, b, kinds, sel), _read(pred, k, kinds, sel)),
                     shape, block, tuple(cfg.halo), cfg, create, step, scratch,
@@ -233,21 +232,16 @@ def _threshold_channel(kinds: list[str]) -> int:
 
 
 def _threshold(pred, kinds: list[str], cfg) -> np.ndarray:
-    import cc3d
-
     fg = _read(pred, _threshold_channel(kinds), kinds) > cfg.threshold
-    return _finish(cc3d.connected_components(fg, connectivity=CONNECTIVITY), None, cfg.min_size)
+    return _finish(blocks.label_components(fg), None, cfg.min_size)
 
 
 def _bc_watershed(pred, kinds: list[str], cfg) -> np.ndarray:
-    import cc3d
     from skimage.segmentation import watershed
 
     fg = _read(pred, kinds.index("binary"), kinds)
     contour = _read(pred, kinds.index("contour"), kinds)
-    seeds = cc3d.connected_components(
-        (fg > cfg.seed_threshold) & (contour < cfg.contour_threshold), connectivity=CONNECTIVITY
-    )
+    seeds = blocks.label_components((fg > cfg.seed_threshold) & (contour < cfg.contour_threshold))
     mask = fg > cfg.foreground_threshold
     contour += 1.0  # contour is our own copy: turn it into the elevation in place
     contour -= fg

@@ -418,6 +418,42 @@ def test_threshold_block_by_block_is_exact(seed):
         assert np.array_equal(decode(pred, "threshold", block_size=block, **params), whole), block
 
 
+def test_line_shaped_blocks_and_volumes_are_labelled():
+    # cc3d's 26-connected labelling fails on (1, 1, k) arrays with many pieces: edge blocks of a
+    # volume, or thin 2D images, go through 6-connectivity (the same relation on a line).
+    pred = np.zeros((3, 5, 3), np.float32)
+    pred[2, 4] = [0.9, 0.1, 0.9]  # the last block (1, 1, 3) holds two separate voxels
+    whole = decode(pred, "threshold", min_size=0)
+    assert whole.max() == 2
+    assert np.array_equal(decode(pred, "threshold", min_size=0, block_size=[2, 2, 3]), whole)
+    line = np.zeros((1, 1, 400), np.float32)
+    line[0, 0, ::2] = 0.9  # 200 single voxels
+    assert decode(line, "threshold", min_size=0).max() == 200
+    assert np.array_equal(decode(line, "threshold", min_size=0, block_size=[1, 1, 64]), decode(line, "threshold", min_size=0))
+
+
+def test_decodes_side_by_side_get_their_own_scratch(tmp_path):
+    # bc-watershed of a non-numpy prediction keeps seeds in a scratch store; threads decoding at
+    # the same time must not share (and delete) each other's.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pred = smooth_prediction((24, 40, 40), 3, channels=2)
+    stored = zarr.create_array(store=str(tmp_path / "p.zarr"), shape=pred.shape, dtype="float32", chunks=(1, 8, 20, 20))
+    stored[...] = pred
+    params = dict(block_size=[8, 20, 20], halo=[2, 4, 4], min_size=0, seed_threshold=0.6, contour_threshold=0.6,
+                  foreground_threshold=0.4)
+    ref = decode(pred, "bc-watershed", ["binary", "contour"], **params)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: decode(stored, "bc-watershed", ["binary", "contour"], **params), range(6)))
+    assert all(np.array_equal(r, ref) for r in results)
+
+
+def test_scratch_chunks_stay_reasonable_for_prime_block_edges():
+    from pytc._decode_blocks import _scratch_chunk
+
+    assert [_scratch_chunk(b) for b in (512, 488, 128, 8, 487, 17, 1)] == [64, 61, 64, 8, 64, 17, 1]
+
+
 def test_threshold_block_by_block_joins_diagonal_contacts():
     # Blocks of 4: voxels on either side of a block corner, edge or face, touching diagonally.
     pred = np.zeros((8, 8, 8), np.float32)
