@@ -39,7 +39,8 @@ checkpoint, input or config is started over (with a warning). Processes started 
 takes blocks ``r·n/W`` up to ``(r+1)·n/W``) and write into one Zarr store whose chunks divide the
 block; rank 0 prepares the store and renames it at the end. A block whose neighbour was predicted
 by another process or an earlier run recomputes that neighbour's windows reaching into it, in the
-neighbour's own batches, so the output is the same however the blocks were shared or resumed.
+neighbour's own batches, so the output is the same however the blocks were shared or resumed (bit for
+bit on CPU; on GPU each process lets cuDNN pick its kernels, so expect float rounding differences).
 
 Example:
     >>> from pytc.inference import infer, predict_volume
