@@ -58,6 +58,7 @@ class DemoTask(str, Enum):
 # Default sizes, measured on 2 CPU cores (docs/demo.md): a 2.5-minute training budget reaches a
 # foreground IoU near 0.9 and the whole demo stays under 5 minutes, with room for a slower CPU.
 DEFAULT_MINUTES = 2.5
+MAX_DEMO_STEPS = 100_000  # a step cap the time budget always reaches first
 TRAIN_SHAPE = (64, 192, 192)  # 2.4M voxels, 94 mitochondria: plenty for 32×64×64 patches
 TEST_SHAPE = (48, 160, 160)  # ~50 mitochondria to score; predicted in a few seconds
 TRAIN_SEED, TEST_SEED = 1, 2  # different seeds: the test volume is never seen in training
@@ -272,58 +273,41 @@ def run_demo(out: str | os.PathLike = "demo_out", task: DemoTask | str = DemoTas
 
 
 def fit_for(cfg: "PytcConfig", run_dir: str | os.PathLike, seconds: float, steps: Optional[int] = None,
-            report: Optional[Report] = None, calibration_steps: int = 30) -> dict:
-    """Train for a wall-clock budget: :func:`pytc.engine.fit` in a few resumed chunks.
+            report: Optional[Report] = None) -> dict:
+    """Train for a wall-clock budget: one :func:`pytc.engine.fit` with ``training.max_minutes``.
 
-    ``fit`` counts steps, not seconds, so the budget becomes step counts measured on this machine:
-    a first chunk of ``calibration_steps`` measures the step rate (from fit's log, start-up
-    excluded); each further chunk resumes the run exactly and is sized to half the time left while
-    more than 90 s remain, then to the rest. A machine that slows down part-way (other jobs) costs
-    some accuracy and a little overrun, not minutes. The learning rate must not depend on the total
-    number of steps (demo.yaml: constant LR with a weight EMA), since the total is known only at the end.
+    The budget counts from the start of ``fit`` (building the model and loading data included);
+    the run stops after the step that crosses it and saves its checkpoint. The learning rate must
+    not depend on the total number of steps (demo.yaml: constant LR with a weight EMA), since the
+    number of steps the budget buys is known only at the end.
 
     Args:
-        cfg: The config (``training.max_steps`` is set per chunk).
+        cfg: The config.
         run_dir: The run directory.
-        seconds: The budget, including each chunk's start-up (building the model, loading data).
-        steps: Train exactly this many steps in one chunk instead.
-        report: Called with a line per chunk.
-        calibration_steps: Length of the measuring chunk.
+        seconds: The budget.
+        steps: Train exactly this many steps instead (reproducible runs, tests).
+        report: Called with a line before training.
 
     Returns:
-        ``{"steps", "seconds", "steps_per_s", "chunks", "device", "threads", "checkpoint"}``.
+        ``{"steps", "seconds", "steps_per_s", "device", "threads", "checkpoint"}``.
     """
     from pytc.engine import fit
 
     start = time.perf_counter()
     say = report or (lambda _line: None)
     run_dir = Path(run_dir)
+    cfg = _single_checkpoint(cfg, steps if steps is not None else MAX_DEMO_STEPS)
     if steps is not None:
         say(f"Training {steps} steps → {run_dir}")
-        summary = fit(_chunk(cfg, steps), run_dir=run_dir)
-        chunks = 1
     else:
         say(f"Training for {seconds / 60:g} min → {run_dir}")
-        summary = fit(_chunk(cfg, calibration_steps), run_dir=run_dir)
-        rate = _steps_per_second(run_dir, cfg, after=0)
-        overhead = max(0.0, time.perf_counter() - start - summary["step"] / rate)  # start-up of a chunk
-        chunks = 1
-        while True:
-            left = seconds - (time.perf_counter() - start) - overhead
-            if left * rate < calibration_steps:  # not worth another start-up
-                break
-            target = summary["step"] + int((left / 2 if left > 90 else left) * rate)
-            say(f"  {rate:.1f} steps/s: continuing to step {target}")
-            tick, done = time.perf_counter(), summary["step"]
-            summary = fit(_chunk(cfg, target), run_dir=run_dir, resume="auto")
-            rate = _steps_per_second(run_dir, cfg, after=done)
-            overhead = max(0.0, time.perf_counter() - tick - (summary["step"] - done) / rate)
-            chunks += 1
+        cfg.training.max_minutes = seconds / 60
+    summary = fit(cfg, run_dir=run_dir)
     took = time.perf_counter() - start
     return {
         "steps": summary["step"], "seconds": round(took, 1), "steps_per_s": round(summary["step"] / took, 2),
-        "chunks": chunks, "device": str(next(summary["model"].parameters()).device),
-        "threads": cfg.system.num_cpus, "checkpoint": summary["last_checkpoint"],
+        "device": str(next(summary["model"].parameters()).device), "threads": cfg.system.num_cpus,
+        "checkpoint": summary["last_checkpoint"],
     }
 
 
@@ -448,25 +432,12 @@ def _prepare_out(out: Path, force: bool) -> None:
     (out / "data").mkdir(parents=True, exist_ok=True)
 
 
-def _chunk(cfg: "PytcConfig", max_steps: int) -> "PytcConfig":
+def _single_checkpoint(cfg: "PytcConfig", max_steps: int) -> "PytcConfig":
     cfg = cfg.model_copy(deep=True)
     cfg.training.max_steps = int(max_steps)
-    # Checkpoint only at the end of a chunk: saving is not free and the demo keeps one model.
+    # Checkpoint only at the end: saving is not free and the demo keeps one model.
     cfg.checkpoint.every_n_steps = max(cfg.checkpoint.every_n_steps, int(max_steps))
     return cfg
-
-
-def _steps_per_second(run_dir: Path, cfg: "PytcConfig", after: int) -> float:
-    """Median optimizer steps per second after step ``after``, from fit's log (start-up excluded)."""
-    import json
-
-    rates = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "samples_per_s" in row and row["step"] > after:
-            rates.append(row["samples_per_s"])
-    samples_per_step = cfg.data.batch_size * cfg.training.accumulate_grad_batches
-    return max(sorted(rates)[len(rates) // 2] / samples_per_step, 1e-3) if rates else 1e-3
 
 
 def _cores() -> int:

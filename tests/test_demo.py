@@ -44,7 +44,7 @@ def test_mito_demo_writes_every_output(mito):
                                 "metrics", "figure"]
     for name, path in mito.paths.items():
         assert Path(path).exists(), name
-    assert mito.training["steps"] == 2 and mito.training["chunks"] == 1
+    assert mito.training["steps"] == 2
     with h5py.File(mito.paths["test data"], "r") as f:
         assert set(f) == set(demo.SYNTH_KEYS) and f["image"].shape == TEST
         # The test volume is the generator's seed-2 volume: never the training one.
@@ -110,35 +110,24 @@ def test_neuron_demo_scores_affinity_instances_and_keeps_other_files(tmp_path):
         assert img.format == "PNG"
 
 
-def test_time_budget_sizes_chunks_from_the_measured_rate(tmp_path, monkeypatch):
-    # A fake fit on a fake clock: 2 s of start-up per call and 10 steps/s (20 samples/s at batch 2).
-    clock = [0.0]
+def test_time_budget_is_one_run_with_a_time_limit(tmp_path, monkeypatch):
     calls = []
 
     def fake_fit(cfg, run_dir, resume=None):
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        done = calls[-1] if calls else 0
-        assert (resume == "auto") == bool(calls)
-        calls.append(cfg.training.max_steps)
-        clock[0] += 2.0 + (cfg.training.max_steps - done) / 10.0
-        with open(run_dir / "metrics.jsonl", "a") as fh:
-            for step in range(done + 10, cfg.training.max_steps + 1, 10):
-                fh.write(json.dumps({"step": step, "samples_per_s": 20.0}) + "\n")
-        return {"step": cfg.training.max_steps, "last_checkpoint": str(run_dir / "ckpt"), "model": _Model()}
+        calls.append((cfg.training.max_minutes, cfg.training.max_steps, cfg.checkpoint.every_n_steps, resume))
+        return {"step": 1234, "last_checkpoint": str(Path(run_dir) / "ckpt"), "model": _Model()}
 
     import pytc.engine
 
     monkeypatch.setattr(pytc.engine, "fit", fake_fit)
-    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
     cfg = load_config(demo.demo_config_path(), ["system.num_gpus=0"])
-    out = demo.fit_for(cfg, tmp_path / "run", seconds=300, calibration_steps=30)
-    # 30 measuring steps (5 s); then half of the ~293 s left, then the rest once under 90 s.
-    assert calls[0] == 30 and len(calls) == 4
-    assert calls[1] == 30 + int((300 - 5 - 2) / 2 * 10)
-    assert out["steps"] == calls[-1] and out["chunks"] == 4
-    assert 290 <= clock[0] <= 300  # the budget is used, not overrun
-    assert out["checkpoint"].endswith("ckpt")
+    out = demo.fit_for(cfg, tmp_path / "run", seconds=150)
+    # One run, stopped by training.max_minutes; a step cap it never reaches; one checkpoint, at the end.
+    assert calls == [(2.5, demo.MAX_DEMO_STEPS, demo.MAX_DEMO_STEPS, None)]
+    assert out["steps"] == 1234 and out["checkpoint"].endswith("ckpt")
+    assert cfg.training.max_minutes is None  # the caller's config is left alone
+    demo.fit_for(cfg, tmp_path / "run2", seconds=150, steps=7)
+    assert calls[-1] == (None, 7, max(cfg.checkpoint.every_n_steps, 7), None)
 
 
 class _Model:

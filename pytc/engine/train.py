@@ -101,6 +101,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         )
     total_steps = 1 if fast_dev_run else (tc.max_steps or tc.max_epochs * tc.iters_per_epoch)
     deadline = None if tc.max_minutes is None or fast_dev_run else _clock() + tc.max_minutes * 60
+    started = time.monotonic()  # for the progress bar's share of the time limit
     log_every = 1 if fast_dev_run else cfg.logging.log_every_n_steps
 
     # ---- Accelerate: device, DDP, AMP, accumulation. The scheduler counts optimizer steps, so it is
@@ -177,7 +178,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         # ---- the loop: one iteration = one optimizer step over accumulate_grad_batches micro-batches
         start_step, stopped_early, val_metrics = step, False, {}
         samples_per_step = cfg.data.batch_size * tc.accumulate_grad_batches * accelerator.num_processes
-        progress = _progress(main, total_steps, step)
+        left = None if deadline is None else max(tc.max_minutes * 60 - (time.monotonic() - started), 1e-3)
+        progress = _progress(main, total_steps, step, left, tc.max_minutes)
         tick, tick_step = time.perf_counter(), step
         with progress:
             while step < total_steps:
@@ -201,7 +203,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                         f"— last good checkpoint: {last if last else 'none saved yet'}"
                     )
                 lr = optimizer.param_groups[0]["lr"]
-                progress.update(0, completed=step, loss=loss_value, lr=lr)
+                progress.update(step, loss_value, lr)
                 if step % log_every == 0 or step == total_steps:
                     now = time.perf_counter()
                     rate = (step - tick_step) * samples_per_step / max(now - tick, 1e-9)
@@ -244,8 +246,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                 if stopped_early:
                     break
                 if out_of_time:
-                    accelerator.print(f"time limit reached at step {step} (training.max_minutes={tc.max_minutes:g}); "
-                                      "continue with --resume auto")
+                    accelerator.print(f"stopped at step {step}: training.max_minutes={tc.max_minutes:g} reached "
+                                      "(`--resume auto` continues the run)")
                     break
         accelerator.end_training()
 
@@ -486,23 +488,50 @@ def _write_preview(path: Path, image, target, logits) -> None:
     _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _progress(enabled: bool, total: int, completed: int):
+def _progress(enabled: bool, total: int, completed: int, seconds: Optional[float] = None,
+              minutes: Optional[float] = None) -> "_Bar":
     """A rich progress bar (step, loss, lr, it/s, ETA) on stderr; inert on non-main processes."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
+    return _Bar(enabled, total, completed, seconds, minutes)
 
-    class Speed(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
 
-    progress = Progress(
-        TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), Speed(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled,
-    )
-    progress.add_task("train", total=total, completed=completed, loss=float("nan"), lr=0.0)
-    return progress
+class _Bar:
+    """The training progress bar. It fills with the steps done, or with the time used when a time
+    limit (``seconds`` from now) is nearer; the ETA follows whichever ends the run first."""
+
+    def __init__(self, enabled: bool, total: int, completed: int, seconds: Optional[float],
+                 minutes: Optional[float] = None):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.text import Text
+
+        class Speed(ProgressColumn):
+            def render(self, task):
+                return Text(f"{task.fields['speed']:.2f} it/s" if task.fields["speed"] else "-- it/s")
+
+        self.total, self.seconds, self.first, self.start = total, seconds, completed, time.monotonic()
+        ends = f"/{total}" if seconds is None else f" of {minutes or seconds / 60:g} min"  # short: 80 columns
+        self.progress = Progress(
+            TextColumn("step {task.fields[step]}" + ends), BarColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), Speed(), TimeRemainingColumn(),
+            console=Console(stderr=True), disable=not enabled,
+        )
+        self.progress.add_task("train", total=1.0, completed=completed / max(total, 1), loss=float("nan"), lr=0.0,
+                               step=completed, speed=0.0)
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        elapsed = time.monotonic() - self.start
+        done = step / max(self.total, 1)
+        if self.seconds:
+            done = max(done, min(elapsed / self.seconds, 1.0))
+        speed = (step - self.first) / elapsed if elapsed > 0 else 0.0
+        self.progress.update(0, completed=done, loss=loss, lr=lr, step=step, speed=speed)
+
+    def __enter__(self) -> "_Bar":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
 
 
 def _tensorboard_available() -> bool:
