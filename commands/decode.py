@@ -58,6 +58,9 @@ def decode(
     foreground_threshold: Annotated[
         Optional[float], typer.Option("--foreground-threshold", help="bc-watershed: mask of the watershed.")
     ] = None,
+    min_seed_size: Annotated[
+        Optional[int], typer.Option("--min-seed-size", help="bc-watershed: drop seeds smaller than this many voxels.")
+    ] = None,
     merge_thresholds: Annotated[
         Optional[str],
         typer.Option("--merge-thresholds", metavar="T,T,...",
@@ -107,6 +110,7 @@ def decode(
         "seed_threshold": seed_threshold,
         "contour_threshold": contour_threshold,
         "foreground_threshold": foreground_threshold,
+        "min_seed_size": min_seed_size,
         "merge_thresholds": _floats(merge_thresholds, "--merge-thresholds"),
         "merge_function": merge_function,
         "block_size": _sizes(block_size, "--block-size"),

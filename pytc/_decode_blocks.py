@@ -314,7 +314,7 @@ def bc_watershed_blocks(
         binary, contour = read_bc(sel)
         seeds[sel] = comps.add(idx, sel, (binary > cfg.seed_threshold) & (contour < cfg.contour_threshold))
         advance()
-    seed_ids, n_seeds = comps.table(0)
+    seed_ids, n_seeds = comps.table(cfg.min_seed_size)  # seeds under min_seed_size voxels are dropped
     luts = [comps.lut(seed_ids, b) for b in range(len(grid))]
     del seed_ids
 

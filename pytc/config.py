@@ -298,6 +298,9 @@ class DecodingConfig(_Section):
     seed_threshold: float = Field(0.9, ge=0, le=1, description="bc-watershed: foreground needed for a seed.")
     contour_threshold: float = Field(0.3, ge=0, le=1, description="bc-watershed: seeds need contour below this.")
     foreground_threshold: float = Field(0.5, ge=0, le=1, description="bc-watershed: mask of the watershed.")
+    min_seed_size: int = Field(
+        0, ge=0, description="bc-watershed: drop seeds smaller than this many voxels (fewer spurious splits)."
+    )
     merge_thresholds: list[float] = Field([0.5], min_length=1, description="affinity-waterz: agglomeration thresholds.")
     merge_function: str = Field(
         "mean", pattern=r"^(mean|quantile-(1[05]|[2-9][05]))$",

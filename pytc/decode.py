@@ -7,7 +7,8 @@ prediction store written by ``pytc infer`` to a label volume. The decoders
 
 * ``threshold`` — the binary channel (or the only channel) ``> threshold``, connected components.
 * ``bc-watershed`` — binary + contour, the standard mitochondria/nuclei decoder. Seeds are the
-  connected components of ``binary > seed_threshold and contour < contour_threshold``; a seeded
+  connected components of ``binary > seed_threshold and contour < contour_threshold`` with at
+  least ``min_seed_size`` voxels (smaller ones, often noise, would split an object); a seeded
   watershed (scikit-image, 6-neighbourhood) floods the elevation ``contour + (1 - binary)`` inside
   the mask ``binary > foreground_threshold``. The contour term puts the ridges where the network
   saw borders, so two touching objects split on their predicted contour rather than wherever the
@@ -242,6 +243,8 @@ def _bc_watershed(pred, kinds: list[str], cfg) -> np.ndarray:
     fg = _read(pred, kinds.index("binary"), kinds)
     contour = _read(pred, kinds.index("contour"), kinds)
     seeds = blocks.label_components((fg > cfg.seed_threshold) & (contour < cfg.contour_threshold))
+    if cfg.min_seed_size > 1:
+        seeds = _drop_small(seeds, cfg.min_seed_size)
     mask = fg > cfg.foreground_threshold
     contour += 1.0  # contour is our own copy: turn it into the elevation in place
     contour -= fg
@@ -308,6 +311,15 @@ def _mutex_watershed(pred, kinds: list[str], offsets: list[tuple[int, ...]], cfg
 
 
 # ------------------------------------------------------------------------------------ helpers --
+def _drop_small(seg: np.ndarray, min_size: int) -> np.ndarray:
+    """Set the labels with fewer than ``min_size`` voxels to 0 (in place)."""
+    import fastremap
+
+    ids, counts = fastremap.unique(seg, return_counts=True)
+    small = ids[(counts < min_size) & (ids != 0)]
+    return fastremap.mask(seg, small, in_place=True) if small.size else seg
+
+
 def _finish(seg: np.ndarray, mask: Optional[np.ndarray], min_size: int) -> np.ndarray:
     """Mask, drop instances under ``min_size`` voxels, renumber 1..N, narrowest of uint32/uint64."""
     import fastremap
@@ -315,10 +327,7 @@ def _finish(seg: np.ndarray, mask: Optional[np.ndarray], min_size: int) -> np.nd
     if mask is not None:
         seg[~mask] = 0
     if min_size > 1:
-        ids, counts = fastremap.unique(seg, return_counts=True)
-        small = ids[(counts < min_size) & (ids != 0)]
-        if small.size:
-            seg = fastremap.mask(seg, small, in_place=True)
+        seg = _drop_small(seg, min_size)
     seg, mapping = fastremap.renumber(seg, preserve_zero=True, in_place=True)
     n = len(mapping) - (0 in mapping)
     return seg.astype(np.uint32 if n <= np.iinfo(np.uint32).max else np.uint64, copy=False)

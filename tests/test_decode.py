@@ -76,6 +76,21 @@ def test_threshold_picks_the_binary_channel_and_min_size():
     assert decode(corner, "threshold", min_size=0).max() == 1
 
 
+@pytest.mark.parametrize("block", [None, [3, 20, 10]])  # whole volume, and blocks with the seeds apart
+def test_bc_watershed_min_seed_size_drops_noise_seeds(block):
+    binary = np.full((6, 20, 24), 0.95, np.float32)
+    binary[:, :, 15:] = 0.8  # foreground, too weak for seeds ...
+    binary[3, 10, 18] = 0.95  # ... but for one noise voxel
+    contour = np.full_like(binary, 0.1)
+    contour[:, :, 14] = 0.5  # a faint ridge between the two seeds
+    pred = np.stack([binary, contour])
+    params = {"min_size": 0, **({"block_size": block, "halo": [3, 20, 24]} if block else {})}
+    split = decode(pred, "bc-watershed", ["binary", "contour"], **params)
+    assert split.max() == 2  # the one-voxel seed claims everything past the ridge
+    whole = decode(pred, "bc-watershed", ["binary", "contour"], min_seed_size=2, **params)
+    assert whole.max() == 1 and (whole == 1).all()
+
+
 def test_bc_watershed_thresholds():
     label, pred = two_touching_blobs()
     # Seeds need foreground above seed_threshold: none pass 0.96, so nothing is found.
