@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from pytc import _io_formats as fmt
+from pytc import _io_tiff as tiff
 from pytc.choices import Compression
 from pytc.errors import OutputExistsError, VolumeError
 
@@ -200,9 +201,9 @@ def open_volume(spec: str | os.PathLike) -> Volume:
     elif vs.format == "zarr":
         reader = fmt.ZarrReader(vs.path, vs.key)
     elif vs.format == "tiff":
-        reader = fmt.TiffReader(vs.path)
+        reader = tiff.TiffReader(vs.path)
     else:
-        reader = fmt.SlicesReader(vs.path)
+        reader = tiff.SlicesReader(vs.path)
     return Volume(reader, vs)
 
 
@@ -551,7 +552,7 @@ def create_volume(
         ome = path.name[: -len(".zarr")] if vs.key is None else None  # a bare out.zarr is an OME image
         writer, extra = fmt.ZarrWriter, {"name": vs.key or "0", "ome": ome}
     else:
-        writer, extra = fmt.TiffWriter if vs.format == "tiff" else fmt.SlicesWriter, {}
+        writer, extra = tiff.TiffWriter if vs.format == "tiff" else tiff.SlicesWriter, {}
     if exists and not force:
         raise OutputExistsError(f"{vs.text} exists; pass --force to overwrite")
 

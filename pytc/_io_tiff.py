@@ -1,0 +1,429 @@
+"""TIFF stacks and slice folders for :mod:`pytc.io` (private).
+
+Readers and writers follow the protocol described in :mod:`pytc._io_formats`, whose shared helpers
+they use. A multi-page TIFF is read page by page (or memory-mapped) and written as a stream; a slice
+folder holds one 2D TIFF/PNG image per z-plane. tifffile and PIL are imported inside functions:
+importing this module must stay cheap (``pytc --help``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import queue
+import re
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from pytc._io_formats import GZIP_LEVEL, ZSTD_LEVEL, _first_line, _native, as_voxel_size
+from pytc.errors import VolumeError
+
+SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+_IMAGEJ_DTYPES = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)}
+_BIGTIFF_BYTES = 2**31  # classic TIFF offsets are 32-bit; switch early, compression can't shrink headers
+_TIFF_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, struct.error, zlib.error)
+
+
+@functools.cache  # idempotent; called on every slice read
+def _ensure_tiff_zstd() -> None:
+    """Let tifffile read/write zstd TIFFs without imagecodecs, using numcodecs (a zarr dependency)."""
+    import tifffile
+
+    try:
+        import imagecodecs  # noqa: F401  (tifffile uses it when present)
+
+        return
+    except ImportError:
+        pass
+    try:
+        from compression import zstd  # noqa: F401  (Python >= 3.14: tifffile's own fallback works)
+
+        return
+    except ImportError:
+        pass
+    import numcodecs
+
+    def encode(data, level=None, *, out=None):
+        return numcodecs.Zstd(level=level or ZSTD_LEVEL).encode(np.ascontiguousarray(data))
+
+    def decode(data, *, out=None):
+        return numcodecs.Zstd().decode(data)
+
+    # tifffile caches codec functions per TIFF compression tag (50000, and legacy 34926)
+    for table, func in ((tifffile.TIFF.COMPRESSORS, encode), (tifffile.TIFF.DECOMPRESSORS, decode)):
+        cache = getattr(table, "_codecs", None)
+        if isinstance(cache, dict):
+            cache.setdefault(50000, func)
+            cache.setdefault(34926, func)
+
+
+def _tiff_voxel_size(tif):
+    """(z, y, x) from ImageJ ``spacing`` + X/YResolution, or from tifffile's JSON ``voxel_size``."""
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        tags = tif.pages.first.tags
+
+        def size(tag):
+            value = tags[tag].value if tag in tags else None
+            return value[1] / value[0] if value and value[0] else None
+
+        x, y, z = size("XResolution"), size("YResolution"), meta.get("spacing")
+        if z is None and x in (None, 1.0) and y in (None, 1.0):
+            return None
+        return as_voxel_size([z or 1.0, y or 1.0, x or 1.0])
+    shaped = tif.shaped_metadata
+    if shaped and isinstance(shaped[0], dict) and "voxel_size" in shaped[0]:
+        return as_voxel_size(shaped[0]["voxel_size"])
+    return None
+
+
+class _TiffLog(logging.Filter):
+    """While active, silences tifffile's log and keeps its errors: on a truncated or corrupted file
+    tifffile logs an error and carries on with what it could read, rather than raising."""
+
+    def __enter__(self) -> list[str]:
+        self.errors: list[str] = []
+        logging.getLogger("tifffile").addFilter(self)
+        return self.errors
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("tifffile").removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.errors.append(record.getMessage().split("> ", 1)[-1])
+        return record.levelno < logging.WARNING
+
+
+def _open_tiff(path: Path):
+    import tifffile
+
+    _ensure_tiff_zstd()
+    tif = None
+    with _TiffLog() as errors:
+        try:
+            tif = tifffile.TiffFile(path)
+            series = tif.series[0]
+            _ = series.shape, series.dtype, series.pages[-1]
+        except (tifffile.TiffFileError, *_TIFF_READ_ERRORS) as err:
+            errors.append(_first_line(err))
+    if errors:
+        if tif is not None:
+            tif.close()
+        raise VolumeError(f"{path} is not a readable TIFF file ({errors[0]}); is it truncated or corrupted?")
+    return tif, series
+
+
+def _tiff_compression(page) -> str | None:
+    name = page.compression.name.lower()
+    return None if name == "none" else "zlib" if name in ("adobe_deflate", "deflate") else name
+
+
+class TiffReader:
+    """Multi-page TIFF: memory-mapped when uncompressed and contiguous, else read page by page."""
+
+    format = "tiff"
+    attrs: dict = {}  # TIFF has no user attributes
+
+    def __init__(self, path: Path):
+        import tifffile
+
+        self.path, self.key = path, None
+        self._tif, series = _open_tiff(path)
+        page = series.keyframe
+        npages = int(np.prod(series.shape[: len(series.shape) - len(page.shape)], dtype=np.int64))
+        self.shape = (npages, *page.shape)  # always a stack: a single image is (1, Y, X)
+        self.dtype = _native(series.dtype)
+        self.chunks = (1, *page.shape)
+        self.compression = _tiff_compression(page)
+        self.voxel_size = _tiff_voxel_size(self._tif)
+        self._pages, self._memmap, self._lock = series.pages, None, threading.Lock()
+        if series.dataoffset is not None:  # uncompressed and contiguous: let the OS page it in
+            try:
+                self._memmap = tifffile.memmap(path, mode="r").reshape(self.shape)
+            except ValueError as err:
+                self._tif.close()
+                raise VolumeError(
+                    f"{path} is not a readable TIFF file ({_first_line(err)}); is it truncated?"
+                ) from None
+        else:
+            self._tif.filehandle.set_lock(True)  # pages may be decoded from several threads
+
+    def read(self, sel) -> np.ndarray:
+        if self._memmap is not None:
+            return np.array(self._memmap[sel], dtype=self.dtype)  # a copy: callers may write to it
+        zs, rest = sel[0], sel[1:]
+        idx = range(zs.start, zs.stop, zs.step)
+        out = np.empty((len(idx), *(len(range(*s.indices(n))) for s, n in zip(rest, self.shape[1:]))), self.dtype)
+        for k, z in enumerate(idx):
+            out[k] = self._page(z)[rest]
+        return out
+
+    def _page(self, z: int) -> np.ndarray:
+        with _TiffLog() as errors:
+            try:
+                with self._lock:  # tifffile parses a page's IFD from the shared file handle
+                    page = self._pages[z]
+                page = page.asarray()
+            except _TIFF_READ_ERRORS as err:
+                errors.append(_first_line(err))
+        if errors:
+            raise VolumeError(f"cannot read page {z} of {self.path} ({errors[0]}); is it truncated or corrupted?")
+        return page
+
+    def disk_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def close(self) -> None:
+        self._memmap = None
+        self._tif.close()
+
+
+def natural_key(name: str):
+    """Sort key that orders ``z2`` before ``z10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+class SlicesReader:
+    """A folder of 2D TIFF/PNG slices in natural order; only the requested slices are read."""
+
+    format = "slices"
+    attrs: dict = {}
+
+    def __init__(self, path: Path):
+        self.path, self.key = path, None
+        files = [
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() in SLICE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        ]
+        if not files:
+            raise VolumeError(f"{path} holds no .tif/.tiff/.png slices; point to a folder of 2D images")
+        self._files = sorted(files, key=lambda p: natural_key(p.name))
+        first = self._files[0]
+        if first.suffix.lower() == ".png":
+            plane = self._load(first)
+            page_shape, self.dtype, self.compression, self.voxel_size = plane.shape, plane.dtype, "png", None
+        else:
+            tif, series = _open_tiff(first)
+            with tif:
+                page_shape, self.dtype = tuple(series.keyframe.shape), _native(series.dtype)
+                self.compression, self.voxel_size = _tiff_compression(series.keyframe), _tiff_voxel_size(tif)
+        self.shape = (len(self._files), *page_shape)
+        self.chunks = (1, *page_shape)
+
+    def _load(self, file: Path) -> np.ndarray:
+        with _TiffLog() as errors:
+            try:
+                if file.suffix.lower() == ".png":
+                    from PIL import Image
+
+                    with Image.open(file) as img:
+                        plane = np.asarray(img)
+                else:
+                    import tifffile
+
+                    _ensure_tiff_zstd()
+                    plane = tifffile.imread(file)
+            except (*_TIFF_READ_ERRORS, SyntaxError) as err:  # PIL raises SyntaxError for some broken PNGs
+                errors.append(_first_line(err))
+        if errors:
+            raise VolumeError(f"cannot read slice {file} ({errors[0]}); is it truncated or corrupted?")
+        return plane
+
+    def read(self, sel) -> np.ndarray:
+        zs, rest = sel[0], sel[1:]
+        idx = range(zs.start, zs.stop, zs.step)
+        out = np.empty((len(idx), *(len(range(*s.indices(n))) for s, n in zip(rest, self.shape[1:]))), self.dtype)
+        for k, z in enumerate(idx):
+            plane = self._load(self._files[z])
+            if plane.shape != self.shape[1:]:
+                raise VolumeError(
+                    f"slice {self._files[z].name} has shape {plane.shape} but {self._files[0].name} has "
+                    f"{self.shape[1:]}; all slices in {self.path} must have the same size"
+                )
+            out[k] = plane[rest]
+        return out
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self._files)
+
+    def close(self) -> None:
+        pass
+
+
+def _tiff_write_kwargs(compression: str, dtype: np.dtype, voxel_size, shape: tuple, bigtiff: bool) -> dict:
+    if compression == "lz4":
+        raise VolumeError("TIFF has no lz4 compression; use --compression zstd, gzip or none")
+    if compression == "zstd":
+        _ensure_tiff_zstd()
+    codec = {"gzip": ("zlib", {"level": GZIP_LEVEL}), "zstd": ("zstd", {"level": ZSTD_LEVEL}), "none": (None, None)}
+    name, args = codec[compression]
+    kwargs: dict = {"compression": name, "compressionargs": args, "photometric": "minisblack"}
+    kwargs["maxworkers"] = min(4, os.cpu_count() or 1)  # tifffile compresses a page's strips in parallel
+    # Fiji reads calibration from ImageJ metadata, which holds only these dtypes, no BigTIFF, and
+    # (like tifffile's own JSON metadata) mistakes a trailing axis of size 1 for colour samples.
+    if dtype in _IMAGEJ_DTYPES and not bigtiff and shape[-1] > 1:
+        kwargs["imagej"] = True
+        kwargs["metadata"] = {"axes": "ZYX"[-len(shape) :]}
+        if voxel_size is not None:
+            kwargs["resolution"] = (1.0 / voxel_size[2], 1.0 / voxel_size[1])
+            kwargs["metadata"]["spacing"] = float(voxel_size[0])
+    else:  # a hand-written tifffile "shaped" description keeps the exact shape and the voxel size
+        description = {"shape": list(shape)} | ({"voxel_size": list(voxel_size)} if voxel_size is not None else {})
+        kwargs |= {"metadata": None, "description": json.dumps(description)}
+    return kwargs
+
+
+class _PlaneWriter:
+    """Assembles arbitrary slice writes into whole z-planes and passes each finished plane to
+    ``_emit`` (in z order when ``ordered``). Unwritten planes are emitted as zeros on finish."""
+
+    ordered = False
+
+    def __init__(self, shape, dtype):
+        if len(shape) != 3:
+            raise VolumeError(f"TIFF stacks and slice folders hold 3D volumes (Z,Y,X); got shape {tuple(shape)}")
+        self.shape, self.dtype, self.chunks = tuple(shape), np.dtype(dtype), (1, *shape[1:])
+        self._partial: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._ready: dict[int, np.ndarray] = {}
+        self._emitted: set[int] = set()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def write(self, sel, value) -> None:
+        zs, ys, xs = sel
+        full = all(s.step == 1 and s.start == 0 and s.stop == n for s, n in zip((ys, xs), self.shape[1:]))
+        with self._lock:
+            for k, z in enumerate(range(zs.start, zs.stop, zs.step)):
+                if z in self._emitted:
+                    raise ValueError(f"plane {z} was already written; TIFF output is written page by page")
+                if full and z not in self._partial:
+                    self._complete(z, np.array(value[k], dtype=self.dtype))
+                    continue
+                plane, mask = self._partial.setdefault(
+                    z, (np.zeros(self.shape[1:], self.dtype), np.zeros(self.shape[1:], bool))
+                )
+                plane[ys, xs], mask[ys, xs] = value[k], True
+                if mask.all():
+                    del self._partial[z]
+                    self._complete(z, plane)
+
+    def _complete(self, z: int, plane: np.ndarray) -> None:
+        self._emitted.add(z)
+        if not self.ordered:
+            self._emit(z, plane)
+            return
+        self._ready[z] = plane
+        while self._next in self._ready:
+            self._emit(self._next, self._ready.pop(self._next))
+            self._next += 1
+
+    def finish(self) -> None:
+        for z in range(self.shape[0]):
+            if z not in self._emitted:
+                plane = self._partial.pop(z, (np.zeros(self.shape[1:], self.dtype),))[0]
+                self._complete(z, plane)
+
+    def _emit(self, z: int, plane: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class SlicesWriter(_PlaneWriter):
+    """One ``slice_00000.tif`` per z-plane, written as soon as the plane is complete."""
+
+    def __init__(self, folder: Path, shape, dtype, chunks, compression, voxel_size):
+        super().__init__(shape, dtype)
+        self._kwargs = _tiff_write_kwargs(compression, self.dtype, voxel_size, self.shape[1:], False)
+        self._folder = folder
+        self._digits = max(5, len(str(self.shape[0] - 1)))
+        folder.mkdir(parents=True)
+
+    def _emit(self, z, plane):
+        import tifffile
+
+        tifffile.imwrite(self._folder / f"slice_{z:0{self._digits}d}.tif", plane, **self._kwargs)
+
+    def abort(self) -> None:
+        pass
+
+
+_END, _ABORT = object(), object()
+
+
+class TiffWriter(_PlaneWriter):
+    """Streams a multi-page TIFF page by page: tifffile pulls planes from a small queue that
+    :meth:`write` fills, so at most a few planes are held in memory."""
+
+    ordered = True
+
+    def __init__(self, file: Path, shape, dtype, chunks, compression, voxel_size):
+        super().__init__(shape, dtype)
+        bigtiff = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize > _BIGTIFF_BYTES
+        kwargs = _tiff_write_kwargs(compression, self.dtype, voxel_size, self.shape, bigtiff)
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        imagej = kwargs.pop("imagej", False)
+        self._thread = threading.Thread(
+            target=self._run, args=(file, bigtiff, imagej, kwargs), name="pytc-tiff-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, file, bigtiff, imagej, kwargs) -> None:
+        import tifffile
+
+        def planes():
+            for _ in range(self.shape[0]):
+                item = self._queue.get()
+                if item is _ABORT:
+                    raise _Aborted
+                yield item
+
+        try:
+            with tifffile.TiffWriter(file, bigtiff=bigtiff, imagej=imagej) as tw:
+                tw.write(planes(), shape=self.shape, dtype=self.dtype, **kwargs)
+        except _Aborted:
+            pass
+        except BaseException as err:  # re-raised in the writing thread
+            self._error = err
+
+    def _put(self, item) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if not self._thread.is_alive():
+                return
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _emit(self, z, plane):
+        self._put(plane)
+
+    def finish(self) -> None:
+        super().finish()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            try:
+                self._queue.put_nowait(_ABORT)
+            except queue.Full:  # drain so the writer thread sees the abort marker
+                while not self._queue.empty():
+                    self._queue.get_nowait()
+                self._queue.put_nowait(_ABORT)
+            self._thread.join()
+
+
+class _Aborted(Exception):
+    pass
