@@ -75,9 +75,11 @@ def evaluate(
     from pathlib import Path
 
     from pytc.errors import OutputExistsError
-    from pytc.io import check_writable
+    from pytc.io import check_not_input, check_writable
     from pytc.metrics import evaluate_volumes, write_report
 
+    if json_out:
+        check_not_input(json_out, [pred, gt], what="--json")
     if json_out and Path(json_out).exists() and not force:  # refuse before the (long) evaluation
         raise OutputExistsError(f"{json_out} exists; pass --force to overwrite")
     if json_out:

@@ -588,7 +588,7 @@ def decode_volume(
         >>> decode_volume("pred.zarr", "seg.zarr", "bc-watershed", {"min_size": 50})  # doctest: +SKIP
         {'method': 'bc-watershed', ..., 'outputs': [{'path': 'seg.zarr', 'threshold': None, 'instances': 17}]}
     """
-    from pytc.io import channel_kinds_attr, create_volume, open_volume, parse_spec
+    from pytc.io import channel_kinds_attr, check_not_input, create_volume, open_volume, parse_spec
 
     start = time.perf_counter()
     with open_volume(pred_spec) as vol:
@@ -605,6 +605,7 @@ def decode_volume(
         thresholds = sorted(set(cfg.merge_thresholds)) if method is DecodeMethod.affinity_waterz else [None]
         targets = {t: str(out_spec) if len(thresholds) == 1 else _threshold_spec(out_spec, t) for t in thresholds}
         for spec in targets.values():  # fail now, not after minutes of decoding
+            check_not_input(spec, [pred_spec])
             _check_output(spec, spatial, force)
 
         values = cfg.model_dump(exclude={"method"})

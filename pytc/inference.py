@@ -441,11 +441,12 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     from pytc.config import load_config
     from pytc.data.volumes import check_finite
     from pytc.engine.checkpoint import CONFIG, load_checkpoint_for_inference, resolve_checkpoint
-    from pytc.io import check_writable, create_volume, open_volume, output_exists, parse_spec
+    from pytc.io import check_not_input, check_writable, create_volume, open_volume, output_exists, parse_spec
     from pytc.runtime import setup_threads
 
     start = time.perf_counter()
     out_spec = store.output_spec(output)
+    check_not_input(out_spec, [input])  # --force must never replace the volume being predicted
     if not force and output_exists(out_spec):
         raise OutputExistsError(f"{out_spec} exists; pass --force to overwrite")
     check_writable(parse_spec(out_spec).path)  # before the model is loaded and the input scanned

@@ -54,6 +54,7 @@ __all__ = [
     "Volume",
     "VolumeSpec",
     "VolumeWriter",
+    "check_not_input",
     "check_writable",
     "convert",
     "create_volume",
@@ -209,7 +210,8 @@ def open_volume(spec: str | os.PathLike) -> Volume:
 
 # ------------------------------------------------------------------------------------ writing --
 # Errors of the disk rather than of pytc: reported as one line (VolumeError), never as a traceback.
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DISK_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _disk_errno(err: OSError) -> int | None:
@@ -230,9 +232,8 @@ def disk_errors(target: str | os.PathLike):
         code = _disk_errno(err)
         if code is None:
             raise
-        raise VolumeError(
-            f"cannot write {target} ({os.strerror(code)}); free some space or choose another output, then rerun"
-        ) from None
+        advice = "free some space or choose another output" if code in _FULL_ERRNOS else "choose another output"
+        raise VolumeError(f"cannot write {target} ({os.strerror(code)}); {advice}, then rerun") from None
 
 
 def channel_kinds_attr(attrs: dict) -> list[str] | None:
@@ -288,14 +289,58 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
     Raises:
         VolumeError: a file where a folder is needed, or a folder without write permission.
     """
+    import tempfile
+
     path = Path(os.fspath(path)).absolute()
     here = path if folder else path.parent
     while not here.exists() and here != here.parent:
+        if here.is_symlink():  # a link to an unmounted share, say: mkdir would fail with "File exists"
+            raise VolumeError(f"cannot write {path}: {here} links to {os.readlink(here)}, which does not exist; "
+                              "fix the link or choose another output path")
         here = here.parent
     if not here.is_dir():
         raise VolumeError(f"cannot write {path}: {here} is a file, not a folder; choose another output path")
     if not os.access(here, os.W_OK | os.X_OK):
         raise VolumeError(f"cannot write {path}: folder {here} is not writable; choose another output path")
+    try:  # what permission bits do not tell: read-only mounts, /proc and /sys, full quotas
+        with tempfile.TemporaryFile(dir=here):
+            pass
+    except OSError as err:
+        raise VolumeError(f"cannot write {path}: folder {here} takes no new files ({err.strerror or err}); "
+                          "choose another output path") from None
+
+
+def check_not_input(output: str | os.PathLike, inputs, what: str = "output") -> None:
+    """Refuse an output that is (or holds, or lies inside) one of ``inputs``: with ``--force`` it
+    would replace the data being read. Different datasets of one HDF5 file, or different arrays of
+    one Zarr group, are distinct.
+
+    Raises:
+        VolumeError: ``output`` and an input are the same file, store, dataset or array.
+    """
+    out = _address(output)
+    for given in inputs:
+        if given is None:
+            continue
+        src = _address(given)
+        if out[0] == src[0]:
+            same = out[1] is None or src[1] is None or out[1] == src[1] or \
+                out[1].startswith(src[1] + "/") or src[1].startswith(out[1] + "/")
+        else:  # a file inside an input store (a JSON report in a Zarr folder, say), or a store around an input
+            same = out[0] in src[0].parents or src[0] in out[0].parents
+        if same:
+            raise VolumeError(f"{what} {os.fspath(output)} is also the input {os.fspath(given)}; writing it would "
+                              "replace what is being read: choose another output")
+
+
+def _address(spec) -> tuple[Path, str | None]:
+    """(resolved path, inner key) of a volume address or a plain file path."""
+    try:
+        vs = parse_spec(spec)
+        path, key = vs.path, (vs.key.strip("/") if vs.key else None)
+    except VolumeError:  # not a volume (a .json report): a plain file
+        path, key = Path(os.fspath(spec)), None
+    return path.expanduser().resolve(), key
 
 
 class VolumeWriter:
@@ -696,6 +741,7 @@ def convert(
         >>> convert("cremi.h5:volumes/raw", "raw.zarr", chunks=(32, 256, 256))  # doctest: +SKIP
     """
     start = time.perf_counter()
+    check_not_input(dst, [src], what="destination")
     with open_volume(src) as source:
         flat = source.ndim == 2  # a 2D image becomes one z-slice
         shape = (1, *source.shape) if flat else source.shape

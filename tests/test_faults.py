@@ -541,6 +541,29 @@ def test_output_under_a_regular_file_is_refused_before_the_work(setups, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["results"] and blocker.read_text().startswith("a file")
 
 
+@pytest.mark.parametrize("command", list(UNWRITABLE))
+def test_output_through_a_broken_link_is_refused_before_the_work(setups, tmp_path, monkeypatch, command):
+    """A link to an unmounted share, say: one line naming the link, not a FileExistsError traceback."""
+    (tmp_path / "share").symlink_to(tmp_path / "not-mounted")
+    make_argv, (module, function) = UNWRITABLE[command]
+    _refuse_if_reached(monkeypatch, module, function)
+    line = one_line_error(runner.invoke(app, [str(a) for a in make_argv(setups, tmp_path / "share" / "out.zarr")]))
+    assert f"{tmp_path / 'share'} links to {tmp_path / 'not-mounted'}, which does not exist" in line
+
+
+@pytest.mark.parametrize("command", [c for c in UNWRITABLE if c != "train"])
+def test_an_input_is_never_the_output_even_with_force(setups, monkeypatch, command):
+    """`--force` replaces outputs, never the data being read."""
+    source = setups["input"]
+    target = source.split(":")[0] if command == "evaluate --json" else source  # a report would replace the file
+    before = Path(source.split(":")[0]).read_bytes()
+    make_argv, (module, function) = UNWRITABLE[command]
+    _refuse_if_reached(monkeypatch, module, function)
+    line = one_line_error(runner.invoke(app, [str(a) for a in [*make_argv(setups, target), "--force"]]))
+    assert f"is also the input {source}" in line and "choose another output" in line
+    assert Path(source.split(":")[0]).read_bytes() == before
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits: a read-only folder cannot be made; "
                                               "test_output_under_a_regular_file_is_refused_before_the_work covers it")
 @pytest.mark.parametrize("command", list(UNWRITABLE))

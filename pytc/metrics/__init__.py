@@ -162,10 +162,12 @@ def write_report(report: dict, path: str | os.PathLike, force: bool = False) -> 
 
     Raises:
         OutputExistsError: ``path`` exists and ``force`` is False.
+        VolumeError: ``path`` is the report's prediction or ground truth.
     """
-    from pytc.io import check_writable, disk_errors, write_atomic
+    from pytc.io import check_not_input, check_writable, disk_errors, write_atomic
 
     path = Path(path)
+    check_not_input(path, [report.get("pred"), report.get("gt")], what="report")
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite")
     check_writable(path)
