@@ -81,14 +81,15 @@ def output_spec(output) -> str:
     return text
 
 
-def h5_compression(cfg) -> None:
-    """HDF5 zstd/lz4 need the hdf5plugin package; without it fall back to gzip (HDF5's own)."""
+def h5_compression(cfg, explicit: bool = True) -> None:
+    """HDF5 zstd/lz4 need the hdf5plugin package; without it fall back to gzip (HDF5's own), with a
+    warning when the user asked for that codec (``explicit``), quietly for the config's default."""
     if cfg.inference.compression in ("zstd", "lz4"):
         try:
             import hdf5plugin  # noqa: F401
         except ImportError:
-            log.warning(f"HDF5 {cfg.inference.compression} compression needs hdf5plugin (pip install hdf5plugin); "
-                        "writing gzip")
+            say = log.warning if explicit else log.info
+            say(f"HDF5 {cfg.inference.compression} compression needs hdf5plugin (pip install hdf5plugin); writing gzip")
             cfg.inference.compression = "gzip"
 
 

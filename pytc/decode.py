@@ -691,7 +691,13 @@ def _scale(vol, attrs: dict) -> float:
                 f"{vol.spec} holds {vol.dtype} values and no pytc_scale attribute; "
                 "a prediction is float probabilities or uint8 (probability x 255)"
             )
-        return 255.0 if vol.dtype == np.uint8 else 1.0
+        if vol.dtype == np.uint8:
+            import warnings
+
+            warnings.warn(f"{vol.spec} has no pytc_scale attribute: reading its uint8 values as probability x 255 "
+                          "(a 0/1 mask decodes to nothing; pytc infer writes the attribute)", stacklevel=3)
+            return 255.0
+        return 1.0
     try:
         scale = float(scale)
     except (TypeError, ValueError):

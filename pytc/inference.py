@@ -459,7 +459,8 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     out_dtype = _check_output_dtype(cfg.inference.output_dtype, cfg.data.targets)
     store.check_window_fits(cfg)
     if parse_spec(out_spec).format == "hdf5":
-        store.h5_compression(cfg)
+        store.h5_compression(cfg, explicit=any(o.replace(" ", "").startswith("inference.compression=")
+                                                 for o in overrides or []))
     dist = store.Dist(cfg.system.num_gpus)
     if dist.world > 1 and parse_spec(out_spec).format != "zarr":
         raise VolumeError(f"{dist.world} processes write one store side by side only in Zarr; give a .zarr output")

@@ -325,7 +325,8 @@ def test_cli_decode(tmp_path):
     assert result.exit_code == 2 and "Error: the prediction has 2 channels but their kinds are unknown" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "seg.h5").exists()
 
-    result = runner.invoke(app, [*args, "--channels", "binary,contour"])
+    with pytest.warns(UserWarning, match="no pytc_scale attribute: reading its uint8 values as probability x 255"):
+        result = runner.invoke(app, [*args, "--channels", "binary,contour"])
     assert result.exit_code == 0, result.output
     assert f"Wrote {out}: 2 instances" in result.output
     assert "bc-watershed: 8×12×20 uint32 labels" in result.output

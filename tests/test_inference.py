@@ -410,8 +410,15 @@ def test_infer_writes_a_prediction_store(data, tmp_path):
     assert again["dtype"] == "float16"
 
 
-def test_infer_hdf5_and_default_zarr_suffix(data, tmp_path):
-    infer(data["ckpt"], data["input"], f"{tmp_path}/pred.h5:prob", progress=False, dtype="float32")
+def test_infer_hdf5_and_default_zarr_suffix(data, tmp_path, caplog):
+    import importlib.util
+
+    with caplog.at_level("WARNING", logger="pytc"):  # the default zstd falls back to gzip quietly
+        infer(data["ckpt"], data["input"], f"{tmp_path}/pred.h5:prob", progress=False, dtype="float32")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    if importlib.util.find_spec("hdf5plugin") is None:  # asked for by name, the fallback is said
+        infer(data["ckpt"], data["input"], f"{tmp_path}/z.h5:prob", ["inference.compression=zstd"], progress=False)
+        assert "needs hdf5plugin" in caplog.text
     infer(data["ckpt"], data["input"], f"{tmp_path}/plain", progress=False, dtype="float32")
     with open_volume(f"{tmp_path}/pred.h5:prob") as a, open_volume(f"{tmp_path}/plain.zarr") as b:
         np.testing.assert_array_equal(a[...], b[...])
