@@ -41,15 +41,21 @@ def infer(
 
     An interrupted run resumes where it stopped when rerun with the same arguments.
     """
+    from pytc.decode import group_kinds
     from pytc.inference import infer as predict  # imports torch: only when predicting
 
-    s = predict(ckpt, input, output, overrides, force=force, progress=True, resume=not restart,
-                dtype=dtype.value if dtype is not None else None)
+    try:
+        s = predict(ckpt, input, output, overrides, force=force, progress=True, resume=not restart,
+                    dtype=dtype.value if dtype is not None else None)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: the finished blocks are kept; rerun the same command to resume.", err=True)
+        raise typer.Exit(130) from None
     if s["rank"] != 0:
         return
     shape = "×".join(str(n) for n in s["shape"])
-    typer.echo(f"Wrote {s['output']}: {shape} {s['dtype']} ({', '.join(s['channels'])})")
+    typer.echo(f"Wrote {s['output']}: {shape} {s['dtype']} ({group_kinds(s['channels'])})")
     done = s["blocks"] - s["blocks_skipped"]
     skipped = f", {s['blocks_skipped']} skipped (finished by an earlier run)" if s["blocks_skipped"] else ""
     typer.echo(f"{s['blocks']} blocks: {done} computed{skipped}; {s['processes']} process(es) on {s['device']}, "
                f"{s['voxels_per_s'] / 1e6:.2f} Mvoxel/s, {s['seconds']:.1f} s")
+

@@ -10,6 +10,8 @@ from pytc.commands.convert import VOLUME_FORMS
 
 
 def _render(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_render(v) if not isinstance(v, list) else v}" for k, v in value.items()) or "-"
     if isinstance(value, list):
         return " × ".join(str(v) for v in value) if value else "-"
     if isinstance(value, float):

@@ -289,7 +289,8 @@ class _PlaneWriter:
 
     def __init__(self, shape, dtype):
         if len(shape) != 3:
-            raise VolumeError(f"TIFF stacks and slice folders hold 3D volumes (Z,Y,X); got shape {tuple(shape)}")
+            raise VolumeError(f"TIFF stacks and slice folders hold 3D volumes (Z,Y,X); got shape {tuple(shape)}: "
+                              "write .zarr or .h5 for a volume with channels")
         self.shape, self.dtype, self.chunks = tuple(shape), np.dtype(dtype), (1, *shape[1:])
         self._partial: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._ready: dict[int, np.ndarray] = {}

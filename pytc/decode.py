@@ -341,16 +341,20 @@ def _method(method) -> DecodeMethod:
         raise ConfigError(f"unknown decode method {method!r}; choose one of {names}") from None
 
 
-def _describe(kinds: Sequence[str]) -> str:
-    """['binary', 'affinity', 'affinity'] → '3 channels: binary, affinity x2'."""
+def group_kinds(kinds: Sequence[str]) -> str:
+    """['binary', 'affinity', 'affinity'] → 'binary, affinity x2'."""
     groups: list[list] = []
     for k in kinds:
         if groups and groups[-1][0] == k:
             groups[-1][1] += 1
         else:
             groups.append([k, 1])
-    parts = ", ".join(k if n == 1 else f"{k} x{n}" for k, n in groups)
-    return f"{len(kinds)} channel{'s' if len(kinds) != 1 else ''}: {parts}"
+    return ", ".join(k if n == 1 else f"{k} x{n}" for k, n in groups)
+
+
+def _describe(kinds: Sequence[str]) -> str:
+    """['binary', 'affinity', 'affinity'] → '3 channels: binary, affinity x2'."""
+    return f"{len(kinds)} channel{'s' if len(kinds) != 1 else ''}: {group_kinds(kinds)}"
 
 
 def _needs(method: str, needed: str, kinds: Sequence[str]) -> DataError:

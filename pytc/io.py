@@ -826,7 +826,8 @@ def volume_info(spec: str | os.PathLike, stats: bool = False, progress: bool = F
         progress: show a progress bar while computing stats.
 
     Returns:
-        A JSON-serialisable dict; ``nbytes`` is the uncompressed size, ``disk_bytes`` the stored one.
+        A JSON-serialisable dict; ``nbytes`` is the uncompressed size, ``disk_bytes`` the stored one,
+        ``attributes`` the user attributes (``pytc_channels``, ``pytc_scale``, ...; not ``pytc_config``).
     """
     with open_volume(spec) as vol:
         info = {
@@ -840,6 +841,8 @@ def volume_info(spec: str | os.PathLike, stats: bool = False, progress: bool = F
             "voxel_size": list(vol.voxel_size) if vol.voxel_size else None,
             "nbytes": int(vol.nbytes),
             "disk_bytes": vol.disk_bytes(),
+            # a prediction's channel kinds and scale, say (pytc_config, a whole YAML file, is left out)
+            "attributes": {k: v for k, v in vol.attrs.items() if k not in fmt.VOXEL_SIZE_ATTRS and k != "pytc_config"},
         }
         if stats:
             info.update(_volume_stats(vol, progress))

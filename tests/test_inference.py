@@ -536,6 +536,22 @@ def test_cli_infer(data, tmp_path):
     assert any(" infer " in ln and "Predict a volume" in ln for ln in listing.splitlines())
 
 
+def test_cli_infer_names_channel_groups_and_says_how_to_resume_after_ctrl_c(data, tmp_path, monkeypatch):
+    import pytc.inference
+    from pytc.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["infer", "--ckpt", str(data["aff_ckpt"]), "-i", data["input"], "-o", str(tmp_path / "a")])
+    assert result.exit_code == 0 and "uint8 (binary, affinity x3)" in result.output
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pytc.inference, "infer", interrupted)
+    result = runner.invoke(app, ["infer", "--ckpt", str(data["ckpt"]), "-i", data["input"], "-o", str(tmp_path / "b")])
+    assert result.exit_code == 130 and "rerun the same command to resume" in result.output
+
+
 def test_the_infer_command_imports_no_torch():
     code = "import sys, pytc.commands.infer; print(any(m in sys.modules for m in ('torch', 'monai', 'zarr')))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

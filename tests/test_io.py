@@ -118,6 +118,7 @@ def test_convert_copies_attributes_between_zarr_and_hdf5(tmp_path):
     with open_volume(f"{tmp_path}/p.h5:pred") as a, open_volume(f"{tmp_path}/q.zarr") as b:
         assert {k: a.attrs[k] for k in attrs} == attrs and a.voxel_size == (30.0, 4.0, 4.0)
         assert b.attrs == attrs and b.voxel_size == (40.0, 8.0, 8.0)  # the new voxel size, not the copied one
+    assert volume_info(f"{tmp_path}/p.h5:pred")["attributes"] == attrs  # shown by `pytc info`, voxel size apart
     with create_volume(f"{tmp_path}/one.zarr", (3, 8, 8), "uint8") as out:
         out[...] = 7
         out.set_attrs(attrs)
