@@ -193,6 +193,15 @@ class DataConfig(_Section):
             raise ValueError(f"patch sizes must be positive, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _val_image_with_label(self) -> "DataConfig":
+        # One without the other would be ignored silently (no validation), so refuse it.
+        for given, missing in (("val_image", "val_label"), ("val_label", "val_image")):
+            if getattr(self, given) is not None and getattr(self, missing) is None:
+                raise ValueError(f"{given} is set but {missing} is not; give both validation volumes, "
+                                 f"or set data.{given}=null as well")
+        return self
+
 
 class OptimizerConfig(_Section):
     """Optimizer."""

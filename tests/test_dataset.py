@@ -232,7 +232,7 @@ def _error(vol, tmp_path, case):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, SHAPE, dtype=np.uint8)
     if case == "count":
-        return {"train_label": [vol["label"]] * 2}, r"data.train_image has 1 volume\(s\) but data.train_label has 2"
+        return {"train_label": [vol["label"]] * 2}, "data.train_image has 1 volume but data.train_label has 2"
     if case == "mask count":
         return {"train_mask": [vol["mask"]] * 2}, "data.train_mask has 2; give one mask per image"
     if case == "shape":
@@ -278,11 +278,48 @@ def test_data_errors(vol, tmp_path, case):
     assert "\n" not in str(err.value)
 
 
+def test_channel_counts_are_singular_for_one(vol, tmp_path):
+    img = _write(tmp_path / "b.h5", image=np.zeros((1, *SHAPE), np.uint8))["image"]
+    cfg = _cfg(vol, {"train_image": img, "augment": NO_AUG}, model={"in_channels": 2})
+    with pytest.raises(DataError, match=r"has 1 channel \(shape \(1, 24, 32, 32\)\) but model.in_channels is 2$"):
+        PatchDataset(cfg)
+
+
 def test_val_errors(vol):
-    with pytest.raises(DataError, match=r"data.val_image has 1 volume\(s\) but data.val_label has 0"):
-        load_val_volumes(_cfg(vol, {"val_image": vol["image"]}))
+    with pytest.raises(DataError, match="data.val_image has 2 volumes but data.val_label has 1"):
+        load_val_volumes(_cfg(vol, {"val_image": [vol["image"]] * 2, "val_label": vol["label"]}))
     with pytest.raises(DataError, match="both set"):
         load_val_volumes(_cfg(vol, {"val_image": vol["image"], "val_label": vol["label"], "val_z_range": [0, 4]}))
+
+
+def test_val_image_and_val_label_go_together(vol):
+    """Only one of them set used to mean silently no validation; now the config is refused."""
+    with pytest.raises(ConfigError, match=r"data: val_image is set but val_label is not; give both validation "
+                                          r"volumes, or set data.val_image=null as well"):
+        _cfg(vol, {"val_image": vol["image"]})
+    with pytest.raises(ConfigError, match="val_label is set but val_image is not; .* set data.val_label=null"):
+        _cfg(vol, {"val_label": vol["label"]})
+    assert _cfg(vol, {"val_image": None, "val_label": None}).data.val_image is None
+
+
+@pytest.mark.parametrize("key, hint", [
+    ("val_image", " or set data.val_image=null data.val_label=null to train without these validation volumes"),
+    ("val_label", " or set data.val_image=null data.val_label=null to train without these validation volumes"),
+    ("train_image", ""),
+    ("train_mask", " or set data.train_mask=null to sample everywhere"),
+])
+def test_a_missing_volume_names_its_config_key(vol, tmp_path, key, hint):
+    from pytc.errors import VolumeError
+
+    data = {"val_image": vol["image"], "val_label": vol["label"], key: f"{tmp_path / 'gone.zarr'}"}
+    cfg = _cfg(vol, data)
+    with pytest.raises(VolumeError) as err:
+        (load_val_volumes if key.startswith("val") else PatchDataset)(cfg)
+    assert str(err.value) == f"data.{key}: {tmp_path / 'gone.zarr'} does not exist; check the path{hint}"
+    # In a list, the message says which entry.
+    many = _cfg(vol, {"train_image": [vol["image"], f"{tmp_path / 'gone.h5'}:raw"], "train_label": [vol["label"]] * 2})
+    with pytest.raises(VolumeError, match=r"^data.train_image\[1\]: .*gone.h5 does not exist; check the path$"):
+        PatchDataset(many)
 
 
 def test_integral_float_labels_are_accepted_and_background_only_warns(vol, tmp_path):

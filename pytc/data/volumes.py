@@ -19,7 +19,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from pytc.errors import DataError
+from pytc.errors import DataError, VolumeError
 
 GIB = 2**30
 BLOCK_VOXELS = 2**23  # ~8M voxels per chunk-wise read: 64 MiB even for uint64 labels
@@ -267,6 +267,11 @@ def as_list(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 volume``, ``2 volumes``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _shape(t: Sequence[int]) -> str:
     return "(" + ", ".join(str(int(s)) for s in t) + ")"
 
@@ -288,12 +293,13 @@ def check_pair(
     if len(img) == len(lab) + 1:
         if in_channels == 1 and img[0] != 1:
             raise DataError(
-                f"image {image.spec} has shape {_shape(img)} with {img[0]} channels but model.in_channels is 1; "
-                f"set model.in_channels={img[0]} or give a single-channel volume"
+                f"image {image.spec} has shape {_shape(img)} with {_count(img[0], 'channel')} but "
+                f"model.in_channels is 1; set model.in_channels={img[0]} or give a single-channel volume"
             )
         if img[0] != in_channels:
             raise DataError(
-                f"image {image.spec} has {img[0]} channels (shape {_shape(img)}) but model.in_channels is {in_channels}"
+                f"image {image.spec} has {_count(img[0], 'channel')} (shape {_shape(img)}) but "
+                f"model.in_channels is {in_channels}"
             )
         image.has_channels = True
         img = img[1:]
@@ -397,26 +403,54 @@ def open_pairs(images: list[str], labels: list[str], masks: list[str], in_channe
 
     Raises:
         DataError: missing images, count mismatches, or a triple :func:`check_pair` rejects.
+        VolumeError: a volume that is missing or unreadable (the message starts with its config key).
     """
     if not images:
         raise DataError(f"data.{what}_image is not set; give the {what} image volume(s)")
     if len(labels) != len(images):
         raise DataError(
-            f"data.{what}_image has {len(images)} volume(s) but data.{what}_label has {len(labels)}; "
+            f"data.{what}_image has {_count(len(images), 'volume')} but data.{what}_label has {len(labels)}; "
             "give one label per image"
         )
     if masks and len(masks) != len(images):
         raise DataError(
-            f"data.{what}_image has {len(images)} volume(s) but data.{what}_mask has {len(masks)}; "
+            f"data.{what}_image has {_count(len(images), 'volume')} but data.{what}_mask has {len(masks)}; "
             "give one mask per image"
         )
     triples = []
     for i, (img, lab) in enumerate(zip(images, labels)):
-        mask = VolumeSource(masks[i], "mask") if masks else None
-        triple = (VolumeSource(img, "image"), VolumeSource(lab, "label"), mask)
+        at = f"[{i}]" if len(images) > 1 else ""
+        image, label = _source(img, "image", f"data.{what}_image", at), _source(lab, "label", f"data.{what}_label", at)
+        triple = (image, label, _source(masks[i], "mask", f"data.{what}_mask", at) if masks else None)
         check_pair(*triple, in_channels=in_channels, spatial_dims=spatial_dims)
         triples.append(triple)
     return triples
+
+
+# What else to do about a missing volume, besides fixing its path (validation and masks are optional).
+_WITHOUT = {
+    "data.val_image": "set data.val_image=null data.val_label=null to train without these validation volumes",
+    "data.val_label": "set data.val_image=null data.val_label=null to train without these validation volumes",
+    "data.train_mask": "set data.train_mask=null to sample everywhere",
+}
+
+
+def _source(spec: str, role: str, key: str, at: str = "") -> VolumeSource:
+    """Open the volume ``spec`` of config key ``key`` (``at``: its index in a list); errors name the key.
+
+    Raises:
+        VolumeError: the volume is missing or unreadable, e.g. ``data.val_image: X does not exist; ...``.
+    """
+    from pytc.io import parse_spec
+
+    try:
+        path = parse_spec(spec).path
+        if not path.exists():
+            other = f" or {_WITHOUT[key]}" if key in _WITHOUT else ""
+            raise VolumeError(f"{path} does not exist; check the path{other}")
+        return VolumeSource(spec, role)
+    except VolumeError as err:
+        raise type(err)(f"{key}{at}: {err}") from None
 
 
 def load_train_volumes(cfg) -> TrainVolumes:
