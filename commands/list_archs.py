@@ -16,14 +16,14 @@ def list_archs(
 
     Parameter counts are at the default settings; pick one with model.architecture=NAME.
     """
-    from pytc.models import architecture_table
+    from pytc.errors import ModelError
+    from pytc.models import architecture_table, list_architectures
 
     rows = architecture_table(pattern)
+    if not rows:  # a filter that matches nothing is a typo, as an unknown model.architecture is
+        raise ModelError(f"no architecture matches {pattern!r}; the names are {', '.join(list_architectures())}")
     if json_:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        typer.echo(f"No architecture matches {pattern!r}; `pytc list-archs` lists them all.")
         return
 
     from rich.console import Console

@@ -124,6 +124,37 @@ def test_a_dangling_pointer_is_an_error(tmp_path):
         ckpt.resolve_checkpoint(tmp_path / "best")
 
 
+def test_a_folder_that_is_no_checkpoint_is_not_called_incomplete(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CheckpointError, match=r"is not a checkpoint or run folder \(no checkpoints/, config.yaml or "
+                                              r"model.safetensors\); give RUN, RUN/checkpoints/best"):
+        ckpt.resolve_checkpoint(tmp_path)
+
+
+def test_a_missing_pointer_names_what_the_run_has(tmp_path):
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    ckpts.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="run directory .* has no complete checkpoint yet"):
+        ckpt.resolve_checkpoint(run)
+    with pytest.raises(CheckpointError, match="has no complete checkpoint yet; train longer"):
+        ckpt.resolve_checkpoint(ckpts / "best")
+    save_fake(ckpts, 3, {})
+    ckpt.write_pointer(ckpts, "last", ckpts / "step-000003")
+    (run / "config.yaml").write_text(dump_config(tiny_model_cfg()))  # no val_image, no val_z_range
+    with pytest.raises(CheckpointError) as err:
+        ckpt.resolve_checkpoint(ckpts / "best")
+    assert str(err.value) == f"no best checkpoint in {ckpts}: the run had no validation; use {ckpts / 'last'} or {run}"
+    (run / "config.yaml").write_text(dump_config(tiny_model_cfg("data.val_z_range=[0,8]")))
+    with pytest.raises(CheckpointError, match="no validation has scored a checkpoint yet; use .*last"):
+        ckpt.resolve_checkpoint(ckpts / "best")
+    (ckpts / "last").unlink()  # checkpoint.save_last off and nothing ranked: the newest folder is named
+    with pytest.raises(CheckpointError, match=r"no last checkpoint .*save_last is off\); use .*step-000003"):
+        ckpt.resolve_checkpoint(ckpts / "last")
+    with pytest.raises(CheckpointError, match="has no checkpoints/best or checkpoints/last; use .*step-000003"):
+        ckpt.resolve_checkpoint(run)
+
+
 class _Exploit:
     def __init__(self, marker: Path):
         self.marker = marker

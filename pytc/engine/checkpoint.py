@@ -102,14 +102,18 @@ def resolve_checkpoint(path: PathLike) -> Path:
         A complete checkpoint folder.
 
     Raises:
-        CheckpointError: nothing there, an incomplete folder, or a dangling pointer.
+        CheckpointError: nothing there (naming what the run does have), a folder that is not a
+            checkpoint or run, an incomplete checkpoint, or a dangling pointer.
     """
     path = Path(path)
     if path.is_dir() and (path / CHECKPOINT_DIR).is_dir() and not (path / META).exists():
         for name in POINTERS[::-1]:  # a run directory: best, else last
             if (path / CHECKPOINT_DIR / name).is_file():
                 return resolve_checkpoint(path / CHECKPOINT_DIR / name)
-        raise CheckpointError(f"run directory {path} has no checkpoints/best or checkpoints/last yet")
+        found = list_checkpoints(path / CHECKPOINT_DIR)
+        if found:  # no pointers (e.g. checkpoint.save_last off and nothing validated): name the newest
+            raise CheckpointError(f"run directory {path} has no checkpoints/best or checkpoints/last; use {found[-1]}")
+        raise CheckpointError(f"run directory {path} has no complete checkpoint yet; train longer or use another run")
     if path.is_file() and path.name != META:
         target = path.read_text(errors="replace")[:256].strip()
         if not _NAME.fullmatch(target):
@@ -121,12 +125,45 @@ def resolve_checkpoint(path: PathLike) -> Path:
             raise CheckpointError(f"{path} points to {target}, which is missing or incomplete; use another checkpoint")
         return folder
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found; give RUN/checkpoints/best, .../last or a step-* folder")
+        raise CheckpointError(_not_found(path))
     if not (path / META).is_file():
+        if not any((path / name).exists() for name in (WEIGHTS, RAW_WEIGHTS, CONFIG, STATE)):
+            raise CheckpointError(
+                f"{path} is not a checkpoint or run folder (no {CHECKPOINT_DIR}/, {CONFIG} or {WEIGHTS}); "
+                f"give RUN, RUN/{CHECKPOINT_DIR}/best, .../last or a step-* folder"
+            )
         raise CheckpointError(
             f"checkpoint {path} is incomplete (no {META}: it was being written when a run stopped); use another one"
         )
     return path
+
+
+def _not_found(path: Path) -> str:
+    """Why ``path`` names no checkpoint and, inside a run, what to use instead."""
+    ckpt_dir = path.parent
+    if ckpt_dir.name != CHECKPOINT_DIR or not ckpt_dir.is_dir():
+        return f"checkpoint {path} not found; give RUN, RUN/{CHECKPOINT_DIR}/best, .../last or a step-* folder"
+    run, found = ckpt_dir.parent, list_checkpoints(ckpt_dir)
+    if not found:
+        return f"checkpoint {path} not found: run {run} has no complete checkpoint yet; train longer or use another run"
+    use = next((ckpt_dir / n for n in POINTERS if n != path.name and (ckpt_dir / n).is_file()), found[-1])
+    if path.name == "best":
+        why = "the run had no validation" if not _validates(run) else "no validation has scored a checkpoint yet"
+        return f"no best checkpoint in {ckpt_dir}: {why}; use {use} or {run}"
+    if path.name == "last":
+        return f"no last checkpoint in {ckpt_dir} (checkpoint.save_last is off); use {use} or {run}"
+    return f"checkpoint {path} not found; use {use} or {run}"
+
+
+def _validates(run: Path) -> bool:
+    """Whether the run's config sets validation data (True when unknown: no readable config.yaml)."""
+    import yaml
+
+    try:
+        data = (yaml.safe_load((run / CONFIG).read_text()) or {}).get("data") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return True
+    return data.get("val_image") is not None or data.get("val_z_range") is not None
 
 
 def clean_stale(ckpt_dir: PathLike) -> list[Path]:
@@ -315,18 +352,23 @@ def load_into(model: "torch.nn.Module", state: dict, where: PathLike) -> None:
         if mismatched:
             k = mismatched[0]
             parts.append(
-                f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state[k].shape)} "
-                f"vs model {tuple(own[k].shape)}"
+                f"{_count(len(mismatched), 'shape mismatch', 'shape mismatches')}, e.g. {k}: "
+                f"checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
             )
         if missing:
-            parts.append(f"{len(missing)} missing weight(s), e.g. {missing[0]}")
+            parts.append(f"{_count(len(missing), 'missing weight')}, e.g. {missing[0]}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected weight(s), e.g. {unexpected[0]}")
+            parts.append(f"{_count(len(unexpected), 'unexpected weight')}, e.g. {unexpected[0]}")
         raise CheckpointError(
             f"checkpoint {where} does not fit this model ({'; '.join(parts)}); it was trained with another "
             "architecture or model settings — use the checkpoint's own config.yaml"
         )
     model.load_state_dict(state)
+
+
+def _count(n: int, noun: str, nouns: str = "") -> str:
+    """``1 missing weight``, ``3 missing weights``."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def load_training_state(path: PathLike) -> dict:
