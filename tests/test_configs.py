@@ -96,3 +96,30 @@ def test_config_sets_only_options_its_network_uses(path):
         warnings.simplefilter("error")  # "model.X is not used by ARCH and has no effect"
         with torch.device("meta"):
             build_model(cfg.model)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "train_image:" in p.read_text()], ids=lambda p: p.name)
+def test_config_trains_on_your_own_volume_with_only_the_train_paths_overridden(path, tmp_path):
+    """The recipe `pytc train CONFIG data.train_image=... data.train_label=...` needs no other data:
+    validation comes from a held-out z-range of that volume (or there is none), never from dataset
+    paths the user does not have. Patches are shrunk; the config's validation setting is kept."""
+    import h5py
+
+    from pytc.data.dataset import load_val_volumes
+    from pytc.data.volumes import load_train_volumes
+    from pytc.synth import make_em_volume
+
+    vol = make_em_volume((64, 32, 32), seed=0)
+    with h5py.File(tmp_path / "mine.h5", "w") as f:
+        f["raw"], f["ids"] = vol.image, vol.mito_instances
+    mine = tmp_path / "mine.h5"
+    cfg = load_config(path, [f"data.train_image={mine}:raw", f"data.train_label={mine}:ids", "data.patch_size=[16,32,32]"])
+    assert cfg.data.val_image is None, f"{path.name}: validation volumes the user lacks; use data.val_z_range"
+    train = load_train_volumes(cfg)
+    held_out = cfg.data.val_z_range or [0, 0]
+    for region in train.regions:  # training never samples the validation sections
+        assert region.z1 <= held_out[0] or region.z0 >= held_out[1]
+    val = load_val_volumes(cfg)
+    assert len(val) == (cfg.data.val_z_range is not None)
+    if val:
+        assert val[0]["label"].shape == (held_out[1] - held_out[0], 32, 32)
