@@ -54,26 +54,31 @@ def demo(
 
 @app.command("synth")
 def synth(
-    out: Annotated[str, typer.Argument(metavar="OUT.h5", help="HDF5 file to write.", show_default=False)],
+    out: Annotated[
+        str, typer.Argument(metavar="OUT.h5", help="HDF5 file (or OUT.zarr: Zarr store) to write.", show_default=False)
+    ],
     shape: Annotated[
-        tuple[int, int, int], typer.Option("--shape", metavar="Z Y X", help="Volume size in voxels.")
+        tuple[int, int, int], typer.Option("--shape", metavar="Z Y X", help="Volume size in voxels, each at least 1.")
     ] = (64, 256, 256),
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same volume.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (0 or more); the same seed gives the same volume.")
+    ] = 0,
     anisotropy: Annotated[
-        float, typer.Option("--anisotropy", min=0.1, help="z voxel size relative to y/x (e.g. 5 for 40×8×8 nm).")
+        float, typer.Option("--anisotropy", help="z voxel size relative to y/x, 0.1 to 10 (e.g. 5 for 40×8×8 nm).")
     ] = 1.0,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT.h5 if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT.h5 (or OUT.zarr) if it exists.")] = False,
 ) -> None:
-    """Write a synthetic EM volume with ground truth as HDF5.
+    """Write a synthetic EM volume with ground truth as HDF5 (or Zarr: OUT.zarr).
 
     Datasets: image (uint8), mito_mask, mito_instances, cell_instances (0 = membrane).
     """
     from pytc.demo import write_synth
 
     s = write_synth(out, shape, seed=seed, anisotropy=anisotropy, force=force)
-    typer.echo(f"Wrote {s['path']}: {'×'.join(map(str, s['shape']))} voxels, {s['mitochondria']} mitochondria, "
-               f"{s['cells']} cells ({s['seconds']:.1f} s)")
-    typer.echo(f"Datasets: {', '.join(s['datasets'])}; e.g. pytc info {s['path']}:image")
+    mito = f"{s['mitochondria']} mitochondri{'on' if s['mitochondria'] == 1 else 'a'}"
+    cells = f"{s['cells']} cell{'' if s['cells'] == 1 else 's'}"
+    typer.echo(f"Wrote {s['path']}: {'×'.join(map(str, s['shape']))} voxels, {mito}, {cells} ({s['seconds']:.1f} s)")
+    typer.echo(f"Datasets: {', '.join(s['datasets'])}; e.g. pytc info {s['volumes'][0]}")
 
 
 # Headline metrics per task: (key, label, format); ↓ = lower is better.

@@ -127,45 +127,64 @@ def demo_config_path() -> Path:
 
 def write_synth(path: str | os.PathLike, shape: Sequence[int] = (64, 256, 256), seed: int = 0,
                 anisotropy: float = 1.0, force: bool = False) -> dict:
-    """Generate a synthetic EM volume (:func:`pytc.synth.make_em_volume`) and write it as HDF5.
+    """Generate a synthetic EM volume (:func:`pytc.synth.make_em_volume`) and write it as HDF5 or Zarr.
 
     Args:
-        path: The ``.h5`` file to write; datasets ``image`` (uint8), ``mito_mask`` (uint8 0/1),
-            ``mito_instances`` and ``cell_instances`` (uint32 ids, 0 = background / membrane),
-            each with its ``voxel_size`` attribute.
-        shape: (Z, Y, X) voxels.
-        seed: Random seed; the same seed gives the same volume.
-        anisotropy: z voxel size relative to y/x.
-        force: Replace an existing file.
+        path: The ``.h5`` file or ``.zarr`` store to write; datasets ``image`` (uint8), ``mito_mask``
+            (uint8 0/1), ``mito_instances`` and ``cell_instances`` (uint32 ids, 0 = background /
+            membrane), each with its ``voxel_size`` attribute.
+        shape: (Z, Y, X) voxels, each at least 1.
+        seed: Random seed (0 or more); the same seed gives the same volume.
+        anisotropy: z voxel size relative to y/x (0.1 to 10).
+        force: Replace an existing file or store.
 
     Returns:
-        ``{"path", "shape", "seed", "voxel_size", "datasets", "mitochondria", "cells", "seconds"}``.
+        ``{"path", "shape", "seed", "voxel_size", "datasets", "volumes", "mitochondria", "cells",
+        "seconds"}``; ``volumes`` holds the address of each dataset (``out.h5:image``,
+        ``out.zarr/image``).
 
     Raises:
+        ConfigError: ``path`` is not ``.h5``/``.zarr``, or an option is out of range.
         OutputExistsError: ``path`` exists and ``force`` is False.
     """
     import numpy as np
 
     from pytc.io import create_volume
-    from pytc.synth import make_em_volume
+    from pytc.synth import check_options, make_em_volume
 
     start = time.perf_counter()
     path = Path(path)
-    if path.exists():
-        if not force:
-            raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+    address = _synth_address(path)
+    shape = check_options(tuple(shape), seed, anisotropy)  # before anything on disk is touched
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+    vol = make_em_volume(shape, seed=seed, anisotropy=anisotropy)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
         path.unlink()
-    vol = make_em_volume(tuple(int(s) for s in shape), seed=seed, anisotropy=anisotropy)
     for key in SYNTH_KEYS:  # one dataset at a time; each write is atomic (temporary file, rename)
         data = getattr(vol, key)
-        with create_volume(f"{path}:{key}", data.shape, data.dtype, voxel_size=vol.voxel_size) as out:
+        with create_volume(address(key), data.shape, data.dtype, voxel_size=vol.voxel_size) as out:
             out[...] = data
     return {
         "path": str(path), "shape": list(vol.image.shape), "seed": seed, "voxel_size": list(vol.voxel_size),
-        "datasets": list(SYNTH_KEYS), "mitochondria": int(vol.mito_instances.max()),
+        "datasets": list(SYNTH_KEYS), "volumes": [address(key) for key in SYNTH_KEYS],
+        "mitochondria": int(vol.mito_instances.max()),
         "cells": int(np.count_nonzero(np.unique(vol.cell_instances))),
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _synth_address(path: Path) -> Callable[[str], str]:
+    """How a dataset of the synthetic file ``path`` is addressed: ``file.h5:key`` or ``store.zarr/key``."""
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5", ".hdf"):
+        return lambda key: f"{path}:{key}"
+    if suffix == ".zarr":
+        return lambda key: f"{path}/{key}"
+    raise ConfigError(f"cannot write {path}: synth writes an HDF5 file (.h5) or a Zarr store (.zarr), "
+                      "e.g. my_synth.h5")
 
 
 def run_demo(out: str | os.PathLike = "demo_out", task: DemoTask | str = DemoTask.mito,

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pytc.errors import ConfigError
+
+MAX_VOXELS = 2**28  # generating takes ~55 bytes of memory per voxel: ~15 GB at this size
+ANISOTROPY_RANGE = (0.1, 10.0)  # beyond 10× a section is thicker than a mitochondrion: none get drawn
+
 
 @dataclass
 class SynthVolume:
@@ -29,6 +34,31 @@ class SynthVolume:
     mito_instances: np.ndarray  # uint32, 0 = background
     cell_instances: np.ndarray  # uint32, 0 = membrane
     voxel_size: tuple[float, float, float]
+
+
+def check_options(shape, seed: int = 0, anisotropy: float = 1.0) -> tuple[int, int, int]:
+    """Validate the generator's options (they come from the command line) and return the shape as ints.
+
+    Raises:
+        ConfigError: a shape that is not three whole sizes of at least 1 or exceeds ``MAX_VOXELS``,
+            a negative seed, or an anisotropy outside ``ANISOTROPY_RANGE``.
+    """
+    given = " ".join(str(s) for s in shape) if isinstance(shape, (list, tuple)) else repr(shape)
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape)):
+        raise ConfigError(f"shape must be three whole numbers Z Y X (e.g. --shape 64 256 256); got {given}")
+    if min(shape) < 1:
+        raise ConfigError(f"shape {given} has a size below 1; every size must be at least 1 (e.g. --shape 64 256 256)")
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise ConfigError(f"shape {given} is {int(np.prod(shape, dtype=np.int64)):,} voxels; the generator makes at "
+                          f"most {MAX_VOXELS:,} (it needs ~55 bytes of memory per voxel): give a smaller --shape")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a whole number of at least 0; got {seed}")
+    low, high = ANISOTROPY_RANGE
+    if not low <= anisotropy <= high:
+        raise ConfigError(f"anisotropy must be between {low:g} and {high:g} (z voxel size / y-x voxel size); "
+                          f"got {anisotropy:g}")
+    return tuple(int(s) for s in shape)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -121,18 +151,21 @@ def make_em_volume(
     Args:
         shape: (Z, Y, X) voxels.
         seed: random seed; the same seed gives the same volume.
-        anisotropy: z voxel size relative to x/y (e.g. 5 for 40×8×8 nm serial sections).
+        anisotropy: z voxel size relative to x/y (e.g. 5 for 40×8×8 nm serial sections), 0.1 to 10.
         cell_size: typical cell diameter in (x/y) voxels.
         mito_density: scales the number of mitochondria (1.0 ≈ one per 25k voxels).
         noise: standard deviation of the additive noise in grey levels.
 
     Returns:
         A :class:`SynthVolume`.
+
+    Raises:
+        ConfigError: ``shape``, ``seed`` or ``anisotropy`` out of range (see :func:`check_options`).
     """
     from scipy.ndimage import binary_erosion, gaussian_filter
 
+    shape = check_options(shape, seed, anisotropy)
     rng = np.random.default_rng(seed)
-    shape = tuple(int(s) for s in shape)
     cells = _cells(rng, shape, cell_size, anisotropy)
     membrane = _membranes(cells, width=2)
     n_mito = max(1, int(np.prod(shape) / 25_000 * mito_density))

@@ -331,6 +331,42 @@ def _(p, s):
     return ["infer", "--ckpt", p / "nope", "--input", s.raw, "--output", p / "pred.zarr"], ["nope not found"]
 
 
+@case("a folder that is not a checkpoint")
+def _(p, s):
+    (p / "walk").mkdir()
+    return ["infer", "--ckpt", p / "walk", "--input", s.raw, "--output", p / "pred.zarr"], [
+        "walk is not a checkpoint or run folder (no checkpoints/, config.yaml or model.safetensors)"]
+
+
+@case("best checkpoint of a run that never validated")
+def _(p, s):
+    ckpts = _copy_checkpoint(s, p).parent
+    ckpt.write_pointer(ckpts, "last", ckpts / s.ckpt.name)
+    return ["infer", "--ckpt", ckpts / "best", "--input", s.raw, "--output", p / "pred.zarr"], [
+        "no best checkpoint", f"use {ckpts / 'last'} or {p}"]
+
+
+@case("validation image without its label")
+def _(p, s):
+    return _train(p, s, f"data.val_image={s.raw}"), ["val_image is set but val_label is not", "data.val_image=null"]
+
+
+@case("a validation volume that does not exist")
+def _(p, s):
+    return _train(p, s, f"data.val_image={p / 'val.zarr'}", f"data.val_label={p / 'val.zarr'}"), [
+        f"data.val_image: {p / 'val.zarr'} does not exist; check the path or set data.val_image=null"]
+
+
+@case("synth with an empty shape")
+def _(p, s):
+    return ["demo", "synth", p / "s.h5", "--shape", "0", "8", "8"], ["every size must be at least 1"]
+
+
+@case("list-archs pattern that matches nothing")
+def _(p, s):
+    return ["list-archs", "zzz"], ["no architecture matches 'zzz'; the names are", "monai_unet"]
+
+
 @case("checkpoint from a different architecture: infer")
 def _(p, s):
     folder = _copy_checkpoint(s, p)

@@ -152,8 +152,9 @@ def test_cli_synth_writes_the_generator_volume(tmp_path):
     out = tmp_path / "synth.h5"
     result = runner.invoke(app, ["demo", "synth", str(out), "--shape", "8", "32", "48", "--seed", "3"])
     assert result.exit_code == 0, result.output
-    assert "8×32×48" in result.output and "mitochondria" in result.output
     expected = make_em_volume((8, 32, 48), seed=3)
+    assert "8×32×48" in result.output and f"{expected.mito_instances.max()} mitochondri" in result.output
+    assert f"pytc info {out}:image" in result.output
     with h5py.File(out, "r") as f:
         assert set(f) == set(demo.SYNTH_KEYS)
         for key in demo.SYNTH_KEYS:
@@ -161,6 +162,37 @@ def test_cli_synth_writes_the_generator_volume(tmp_path):
         assert list(f["image"].attrs["voxel_size"]) == [1.0, 1.0, 1.0]
     again = runner.invoke(app, ["demo", "synth", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["t.h5", "--shape", "0", "8", "8"], "shape 0 8 8 has a size below 1; every size must be at least 1"),
+    (["t.h5", "--seed", "-1"], "seed must be a whole number of at least 0; got -1"),
+    (["t.h5", "--anisotropy", "0.05"], "anisotropy must be between 0.1 and 10"),
+    (["t.tif"], "cannot write t.tif: synth writes an HDF5 file (.h5) or a Zarr store (.zarr)"),
+    (["t.h5:image"], "cannot write t.h5:image: synth writes an HDF5 file (.h5)"),
+])
+def test_cli_synth_refuses_bad_options_in_one_line(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo", "synth", *argv])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert ":image (" not in result.output and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_synth_writes_zarr_and_prints_its_address(tmp_path):
+    from pytc.io import open_volume
+
+    out = tmp_path / "synth.zarr"
+    result = runner.invoke(app, ["demo", "synth", str(out), "--shape", "4", "16", "16"])
+    assert result.exit_code == 0, result.output
+    assert f"pytc info {out}/image" in result.output and ":image" not in result.output
+    assert " 1 cells" not in result.output and " 1 mitochondria" not in result.output  # singular for one
+    with open_volume(f"{out}/mito_mask") as vol:
+        assert vol.shape == (4, 16, 16)
+    again = runner.invoke(app, ["demo", "synth", str(out), "--shape", "4", "16", "32", "--force"])
+    assert again.exit_code == 0, again.output
+    with open_volume(f"{out}/image") as vol:
+        assert vol.shape == (4, 16, 32)
 
 
 def test_cli_demo_renders_results_paths_and_next_steps(mito, monkeypatch):
@@ -198,6 +230,25 @@ def test_next_steps_use_existing_commands_and_configs():
             for word in words:
                 if word.startswith("configs/"):
                     assert (root / word).is_file(), word
+
+
+@pytest.mark.parametrize("task", list(demo.DemoTask))
+def test_next_steps_train_command_needs_only_the_users_volumes(task, tmp_path, monkeypatch):
+    """The printed `pytc train` line works as written once my_image.h5 / my_labels.h5 exist (patches shrunk)."""
+    from pytc.data.dataset import load_val_volumes
+    from pytc.data.volumes import load_train_volumes
+
+    root = Path(demo.__file__).resolve().parent.parent
+    vol = make_em_volume((64, 32, 32), seed=0)
+    monkeypatch.chdir(tmp_path)
+    with h5py.File("my_image.h5", "w") as f:
+        f["main"] = vol.image
+    with h5py.File("my_labels.h5", "w") as f:
+        f["main"] = vol.mito_instances
+    words = next(c for c, _ in demo.next_steps(task) if c.startswith("pytc train")).split()
+    overrides = [w for w in words[3:] if "=" in w and not w.startswith("--")]
+    cfg = load_config(root / words[2], [*overrides, "data.patch_size=[16,32,32]"])
+    assert load_train_volumes(cfg).regions and len(load_val_volumes(cfg)) == 1  # validates on held-out sections
 
 
 # --------------------------------------------------------------------------------------- slow --

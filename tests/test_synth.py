@@ -1,7 +1,9 @@
 """Synthetic EM generator: deterministic, consistent ground truth."""
 
 import numpy as np
+import pytest
 
+from pytc.errors import ConfigError
 from pytc.synth import make_em_volume
 
 
@@ -35,3 +37,22 @@ def test_anisotropy_sets_voxel_size():
     v = make_em_volume((8, 64, 64), seed=1, anisotropy=4.0)
     assert v.voxel_size == (4.0, 1.0, 1.0)
     assert v.mito_instances.max() >= 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shape": (0, 8, 8)}, "shape 0 8 8 has a size below 1; every size must be at least 1"),
+    ({"shape": (4, 8)}, "shape must be three whole numbers Z Y X"),
+    ({"shape": (4.5, 8, 8)}, "shape must be three whole numbers Z Y X"),
+    ({"shape": (1024, 1024, 1024)}, "is 1,073,741,824 voxels; the generator makes at most 268,435,456"),
+    ({"seed": -1}, "seed must be a whole number of at least 0; got -1"),
+    ({"anisotropy": 0.0}, "anisotropy must be between 0.1 and 10"),
+    ({"anisotropy": 50.0}, "anisotropy must be between 0.1 and 10 .* got 50"),
+])
+def test_out_of_range_options_say_the_allowed_range(kwargs, message):
+    args = {"shape": (4, 16, 16), **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        make_em_volume(**args)
+
+
+def test_the_smallest_volume_is_one_voxel():
+    assert make_em_volume((1, 1, 1)).image.shape == (1, 1, 1)
