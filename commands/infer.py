@@ -1,8 +1,8 @@
 """`pytc infer` — predict a volume with a checkpoint into a Zarr/HDF5 prediction store.
 
 Several processes share the blocks of one volume (Zarr output) when started by Accelerate or
-torchrun, e.g. ``accelerate launch --multi_gpu --num_processes 4 -m pytc.cli infer --ckpt RUN
---input raw.zarr --output pred.zarr`` (``torchrun --nproc_per_node 4 -m pytc.cli infer ...`` on CPUs).
+torchrun, e.g. ``accelerate launch --multi_gpu --num_processes 4 $(which pytc) infer --ckpt RUN
+--input raw.zarr --output pred.zarr`` (``torchrun --nproc_per_node 4 $(which pytc) infer ...`` on CPUs).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`pytc train` — train a model from a YAML config (one process, or many under `accelerate launch`).
 
 Multi-GPU / multi-process: run the same command through Accelerate's launcher, e.g.
-``accelerate launch --num_processes 4 -m pytc.cli train cfg.yaml`` (``--cpu`` for CPU processes).
+``accelerate launch --num_processes 4 $(which pytc) train cfg.yaml`` (``--cpu`` for CPU processes).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def train(
     """Train a model from a YAML config.
 
     Writes RUN_DIR/config.yaml, metrics.jsonl, previews/ and checkpoints/ (best, last, step-*).
-    Multi-GPU: accelerate launch --num_processes N -m pytc.cli train CONFIG [OVERRIDES...]
+    Multi-GPU: accelerate launch --num_processes N $(which pytc) train CONFIG [OVERRIDES...]
     """
     from pytc.config import load_config
     from pytc.engine import fit  # imports torch: only when training, never for `pytc --help`
@@ -42,9 +42,12 @@ def train(
     run_dir = run_dir or cfg.system.output_dir or str(Path("runs") / Path(config).stem)
     summary = fit(cfg, run_dir=run_dir, resume=resume, fast_dev_run=fast_dev_run)
     if summary.get("is_main_process", True):
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items()) or "no validation data"
+        finished = summary.get("already_finished", False)
+        metrics = (", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
+                   or ("none logged" if finished else "no validation data"))
         typer.echo(f"Run directory: {summary['run_dir']} (step {summary['step']})")
         typer.echo(f"Best checkpoint: {summary['best_checkpoint'] or 'none (no validation metric)'}")
         typer.echo(f"Last checkpoint: {summary['last_checkpoint']}")
-        note = "  [stopped early]" if summary["stopped_early"] else "  [time limit]" if summary["out_of_time"] else ""
+        note = ("  [already finished]" if finished else "  [stopped early]" if summary["stopped_early"]
+                else "  [time limit]" if summary["out_of_time"] else "")
         typer.echo(f"Final metrics: {metrics}{note}")

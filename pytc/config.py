@@ -233,7 +233,9 @@ class TrainingConfig(_Section):
     max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps to train; overrides max_epochs.")
     iters_per_epoch: int = Field(100, ge=1, description="Optimizer steps per epoch (patches are sampled randomly).")
     precision: Precision = Field(
-        Precision.fp32, description="32, 16-mixed or bf16-mixed; CPUs without native bf16 fall back to 32."
+        Precision.fp32,
+        description="32, 16-mixed (fp16 autocast on GPUs) or bf16-mixed. CPU training always runs 32 (bf16 conv "
+                    "gradients there are unreliable); CPU inference honours bf16-mixed with native bf16 only.",
     )
     accumulate_grad_batches: int = Field(1, ge=1, description="Batches per optimizer step.")
     gradient_clip_val: Optional[float] = Field(None, gt=0, description="Clip the global gradient norm; null = off.")

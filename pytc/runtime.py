@@ -2,10 +2,18 @@
 
 Precision uses the config spelling (:class:`pytc.choices.Precision`: ``"32"``, ``"16-mixed"``,
 ``"bf16-mixed"``). On CUDA the request is kept (``bf16-mixed`` falls back to ``16-mixed`` on GPUs
-without bf16). On CPU both mixed modes mean bfloat16 autocast, which is only worth it with native
-bf16 instructions (AVX512-BF16 or AMX): without them PyTorch emulates bf16 and a 3D U-Net window
-runs ~200x slower than fp32 (measured 124.6 s vs 0.63 s per 64³ window on an AVX2-only CPU), so
-the request falls back to ``"32"`` with one warning line.
+without bf16). On CPU:
+
+* ``"16-mixed"`` means full precision (``"32"``), quietly: CPU autocast has no fp16, and mixed
+  precision rarely speeds up 3D convolutions on a CPU, so the shipped GPU configs run as is.
+* ``"bf16-mixed"`` is honoured for inference on a CPU with native bf16 (AVX512-BF16 or AMX); without
+  it PyTorch emulates bf16 and a 3D U-Net window runs ~200x slower than fp32 (measured 124.6 s vs
+  0.63 s per 64³ window on an AVX2-only CPU), so it falls back to ``"32"`` with one warning line.
+* Training on a CPU always runs ``"32"`` (one warning line for ``bf16-mixed``): oneDNN's bf16
+  Conv3d weight gradient on CPU is unreliable (PyTorch 2.13 / oneDNN 3.12 on an AVX512-BF16 CPU:
+  the same call repeated 200 times returned differing, sometimes inf/NaN gradients, while the
+  forward pass repeated exactly and stayed within 0.03 of fp32), which made CPU training NaN within a few steps and
+  broke bit-exact resume.
 
 Example:
     >>> import torch
@@ -60,16 +68,18 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(requested: str, device: "torch.device | str") -> str:
+def resolve_precision(requested: str, device: "torch.device | str", training: bool = False) -> str:
     """The precision that will actually run on ``device``.
 
     Args:
         requested: ``"32"``, ``"16-mixed"`` or ``"bf16-mixed"`` (``training.precision``).
         device: The device the model runs on.
+        training: Whether the precision is for training (back-propagation) rather than inference.
 
     Returns:
-        One of ``"32"``, ``"16-mixed"``, ``"bf16-mixed"``. On CPU a mixed request becomes
-        ``"bf16-mixed"`` with native bf16 and ``"32"`` without (one warning line).
+        One of ``"32"``, ``"16-mixed"``, ``"bf16-mixed"``. On CPU ``"16-mixed"`` becomes ``"32"``;
+        ``"bf16-mixed"`` is kept for inference with native bf16 and becomes ``"32"`` otherwise
+        (one warning line).
     """
     import torch
 
@@ -85,8 +95,16 @@ def resolve_precision(requested: str, device: "torch.device | str") -> str:
             return "16-mixed"
         return requested
     if kind == "cpu":
+        if requested == "16-mixed":
+            return "32"  # fp16 is a GPU format; the shipped configs ask for it for their GPU runs
+        if training:
+            _warn_once(
+                "precision bf16-mixed is not used for training on a CPU: bf16 convolution gradients are unreliable "
+                "there (NaN losses, runs that do not repeat); using precision 32"
+            )
+            return "32"
         if cpu_has_native_bf16():
-            return "bf16-mixed"  # CPU autocast is bf16 only
+            return "bf16-mixed"
         _warn_once(
             f"precision {requested} on a CPU without native bf16 (AVX512-BF16/AMX) would be ~200x slower "
             "than fp32; using precision 32"

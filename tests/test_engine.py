@@ -166,9 +166,40 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(blobs,
     with pytest.raises(PytcError, match=r"loss became nan at step 3; lower optimizer\.lr") as err:
         fit(tiny_cfg(blobs, "training.max_steps=10", "checkpoint.every_n_steps=2", val=False), run_dir=tmp_path)
     assert "step-000002" in str(err.value)
+    # TINY runs fp32 without clipping: clipping is suggested, precision is not.
+    assert "set training.gradient_clip_val" in str(err.value) and "precision" not in str(err.value)
     ckpts = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["last", "step-000002"]
     assert (ckpts / "last").read_text().strip() == "step-000002"
+
+
+def test_nan_message_suggests_only_remedies_that_apply(blobs):
+    from pytc.engine.train import _nan_message
+
+    clipped = tiny_cfg(blobs, "training.gradient_clip_val=1.0")
+    text = _nan_message(float("nan"), 20, clipped, 8e-6, "16-mixed", None)
+    assert text.startswith("loss became nan at step 20; lower optimizer.lr (the optimizer's lr is now 8.00e-06)")
+    assert "gradient_clip_val" not in text and "or use training.precision=32" in text
+    assert text.endswith("last good checkpoint: none saved yet")
+    assert "precision" not in _nan_message(float("inf"), 3, clipped, 1e-3, "32", None)
+
+
+def test_cpu_bf16_training_stays_finite_and_repeats_bit_for_bit(blobs, tmp_path):
+    # The snemi recipe in small: affinities with WeightedBCE + Dice, clipping, bf16 asked for on a CPU.
+    # PyTorch's CPU bf16 Conv3d weight gradients are unreliable: on an AVX512-BF16 CPU they came out
+    # different on each call and sometimes inf/NaN (NaN losses within ~20 steps, two identical runs
+    # that differ), so CPU training must run fp32 whatever the config asks.
+    cfg = tiny_cfg(blobs, "training.max_steps=20", "training.precision=bf16-mixed", "training.gradient_clip_val=1.0",
+                   "model.architecture=monai_basic_unet3d", "model.filters=[8,8,16,16,32]", "model.out_channels=3",
+                   "optimizer.lr=1e-3", "model.loss_functions=[WeightedBCELoss,DiceLoss]", "model.loss_weights=[1.0,1.0]",
+                   "data.targets=[{name: affinity}]", val=False)
+    runs = []
+    for name in ("a", "b"):
+        out = fit(cfg, run_dir=tmp_path / name)
+        runs.append([ln["loss"] for ln in read_metrics(tmp_path / name) if "loss" in ln])
+        assert out["step"] == 20 and len(runs[-1]) == 20
+    assert all(np.isfinite(runs[0])), runs[0]
+    assert runs[0] == runs[1]
 
 
 def test_early_stopping_stops(blobs, tmp_path):
@@ -194,6 +225,34 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_run_resumes(blobs, tmp_path
     more = fit(cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_minutes": None})}),
                run_dir=tmp_path, resume="auto")
     assert (more["step"], more["steps_this_run"], more["out_of_time"]) == (5, 2, False)
+
+
+def test_resuming_a_finished_run_says_so_and_keeps_its_metrics(blobs, tmp_path):
+    from pytc.cli import app
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data:\n  train_image: {blobs}:raw\n  train_label: {blobs}:label\n"
+                   f"  val_image: {blobs}:raw\n  val_label: {blobs}:label\n")
+    run = tmp_path / "run"
+    args = ["train", str(cfg), *TINY, "training.max_steps=2", "--run-dir", str(run)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    log = (run / "metrics.jsonl").read_text()
+    val = [ln for ln in read_metrics(run) if "val/iou" in ln][-1]
+
+    again = CliRunner().invoke(app, [*args, "--resume", "auto"])
+    assert again.exit_code == 0, again.output
+    assert f"{run} already finished at step 2 (training.max_steps=2); to train on, raise training.max_steps" \
+        in again.output
+    assert "nan" not in again.output and "no validation data" not in again.output
+    assert f"Final metrics: val/loss {val['val/loss']:.4f}" in again.output and "[already finished]" in again.output
+    assert (run / "metrics.jsonl").read_text() == log  # nothing trained, nothing logged
+
+    summary = fit(tiny_cfg(blobs, "training.max_steps=2"), run_dir=run, resume="auto")
+    assert summary["already_finished"] and summary["steps_this_run"] == 0 and summary["step"] == 2
+    assert summary["metrics"] == {k: val[k] for k in ("val/loss", "val/iou", "val/dice")}
+    more = fit(tiny_cfg(blobs, "training.max_steps=3"), run_dir=run, resume="auto")  # raising the limit trains on
+    assert (more["step"], more["steps_this_run"], more["already_finished"]) == (3, 1, False)
 
 
 def test_a_run_directory_with_checkpoints_is_not_overwritten(blobs, tmp_path):
@@ -310,10 +369,24 @@ def test_cpu_mixed_precision_falls_back_to_fp32_without_native_bf16(monkeypatch,
         assert runtime.resolve_precision("bf16-mixed", "cpu") == "32"
         assert runtime.resolve_precision("bf16-mixed", "cpu") == "32"
     assert len(caplog.records) == 1 and "precision 32" in caplog.records[0].getMessage()
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.resolve_precision("16-mixed", "cpu") == "bf16-mixed"
     assert runtime.resolve_precision("32", "cpu") == "32"
     assert runtime.accelerate_mixed_precision("bf16-mixed") == "bf16"
+
+
+def test_cpu_precision_16_mixed_means_fp32_and_training_never_runs_bf16(monkeypatch, caplog):
+    import pytc.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_warned", set())
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="pytc"):
+        # The shipped configs ask for 16-mixed (for GPUs): a CPU runs them in full precision, quietly.
+        assert runtime.resolve_precision("16-mixed", "cpu") == "32"
+        assert runtime.resolve_precision("16-mixed", "cpu", training=True) == "32"
+        assert not caplog.records
+        assert runtime.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # inference with native bf16
+        assert runtime.resolve_precision("bf16-mixed", "cpu", training=True) == "32"
+    assert len(caplog.records) == 1 and "not used for training on a CPU" in caplog.records[0].getMessage()
+    assert runtime.resolve_precision("16-mixed", "cuda", training=True) == "16-mixed"
 
 
 def _lrs(name: str, steps: int, **kw) -> list[float]:

@@ -208,6 +208,19 @@ def test_half_precision_outputs_are_computed_in_float32():
     assert loss.item() == pytest.approx(criterion(logits.half().float(), _binary(1))[0].item(), abs=1e-6)
 
 
+def test_bf16_outputs_under_cpu_autocast_are_computed_in_float32():
+    # Affinity-like setup (WeightedBCE + Dice, several channels): the loss is float32 and equals the
+    # float32 loss of the same (bf16-rounded) logits even when called inside autocast.
+    model_cfg = ModelConfig(loss_functions=["WeightedBCELoss", "DiceLoss"], loss_weights=[1.0, 1.0])
+    criterion = build_loss(model_cfg, [TargetConfig(name="affinity", offsets=[[1, 0, 0], [0, 1, 0], [0, 0, 1]])])
+    logits = (torch.randn(2, 3, 8, 8, 8, generator=torch.Generator().manual_seed(0)) * 4).bfloat16()
+    target = (torch.rand(2, 3, 8, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, terms = criterion(logits, target)
+    assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in terms.values())
+    assert loss.item() == pytest.approx(criterion(logits.float(), target)[0].item(), abs=1e-6)
+
+
 def test_unknown_loss_suggests_and_lists():
     expected = r"unknown loss 'DiceLos' in model.loss_functions \(did you mean 'DiceLoss'\?\); available: BCEWith"
     with pytest.raises(ConfigError, match=expected):

@@ -6,8 +6,11 @@ of things: build → (resume) → loop {step, log, validate, early-stop, checkpo
 Multi-GPU (or multi-process CPU) runs go through Accelerate's launcher; every process runs the
 same ``fit`` and the data sampler gives each its own patches::
 
-    accelerate launch --num_processes 4 -m pytc.cli train configs/lucchi.yaml
-    accelerate launch --cpu --num_processes 2 -m pytc.cli train configs/lucchi.yaml
+    accelerate launch --num_processes 4 $(which pytc) train configs/lucchi.yaml
+    accelerate launch --cpu --num_processes 2 $(which pytc) train configs/lucchi.yaml
+
+(The installed ``pytc`` script, not ``-m pytc.cli``: run from a folder holding a clone named
+``pytc/``, ``-m`` would import that folder instead of the installed package.)
 
 Validation is sharded: volume ``i`` is predicted by process ``i % num_processes``; each process
 turns its volumes into rows of sums (loss, intersection, union, ...), ``gather_for_metrics``
@@ -62,8 +65,10 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
     Returns:
         ``{"run_dir", "step", "steps_this_run", "best_checkpoint", "last_checkpoint", "metrics",
-        "stopped_early", "out_of_time", "is_main_process", "model"}``; ``metrics`` are the last validation's,
+        "stopped_early", "out_of_time", "already_finished", "is_main_process", "model"}``; ``metrics`` are
+        the last validation's (read back from ``metrics.jsonl`` when a resumed run had already finished),
         ``out_of_time``: ``training.max_minutes`` stopped the run (a checkpoint was saved, validated first),
+        ``already_finished``: ``resume`` pointed at a run that had reached its step limit (nothing trained),
         ``model`` is this process's trained model (unwrapped, raw weights).
 
     Raises:
@@ -107,7 +112,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
     # ---- Accelerate: device, DDP, AMP, accumulation. The scheduler counts optimizer steps, so it is
     # stepped by us once per optimizer step (Accelerate would step it num_processes times).
     cpu = use_cpu(cfg.system.num_gpus)
-    precision = resolve_precision(tc.precision, "cpu" if cpu else "cuda")
+    precision = resolve_precision(tc.precision, "cpu" if cpu else "cuda", training=True)
     tensorboard = cfg.logging.tensorboard and _tensorboard_available()
     accelerator = Accelerator(
         cpu=cpu, mixed_precision=accelerate_mixed_precision(precision),
@@ -123,7 +128,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             if (cfg.system.num_gpus or 0) > accelerator.num_processes:
                 accelerator.print(f"system.num_gpus is {cfg.system.num_gpus} but this is {accelerator.num_processes} "
                                   f"process(es), one GPU each; use accelerate launch --num_processes "
-                                  f"{cfg.system.num_gpus} -m pytc.cli train ...")
+                                  f"{cfg.system.num_gpus} $(which pytc) train ...")
         if cfg.logging.tensorboard and not tensorboard and "tensorboard" in cfg.logging.model_fields_set:
             accelerator.print("logging.tensorboard is on but tensorboard is not installed (pip install tensorboard); "
                               "skipping it")
@@ -148,6 +153,11 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         if resume_from is not None:
             state = _restore(resume_from, cfg, raw_model, optimizer, scheduler, ema, accelerator)
             step, es = int(state["step"]), dict(state["early_stopping"])
+            if step >= total_steps:  # nothing to train: say so instead of an empty progress bar
+                accelerator.print(f"{run_dir} already finished at step {step} ({_step_limit(tc)}); to train on, "
+                                  f"raise training.max_steps (e.g. training.max_steps={2 * step}) and resume again")
+                return _summary(run_dir, step, step, _last_validation(run_dir / "metrics.jsonl"), False, False,
+                                main, raw_model, already_finished=True)
             accelerator.print(f"resuming from {resume_from} (step {step})")
 
         # Data before the run directory: a bad volume (shapes, labels, NaN) leaves nothing behind.
@@ -196,12 +206,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                                                       "mean").tolist()
                 out_of_time = late > 0
                 if not math.isfinite(loss_value):
-                    last = ckpt.find_resume_checkpoint(run_dir)
-                    raise PytcError(
-                        f"loss became {loss_value} at step {step}; lower optimizer.lr (now "
-                        f"{optimizer.param_groups[0]['lr']:.2e}), set training.gradient_clip_val or use precision 32 "
-                        f"— last good checkpoint: {last if last else 'none saved yet'}"
-                    )
+                    raise PytcError(_nan_message(loss_value, step, cfg, optimizer.param_groups[0]["lr"], precision,
+                                                 ckpt.find_resume_checkpoint(run_dir)))
                 lr = optimizer.param_groups[0]["lr"]
                 progress.update(step, loss_value, lr)
                 if step % log_every == 0 or step == total_steps:
@@ -251,20 +257,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                     break
         accelerator.end_training()
 
-        best = ckpt_dir / "best"
-        last = ckpt.find_resume_checkpoint(run_dir)
-        return {
-            "run_dir": str(run_dir),
-            "step": step,
-            "steps_this_run": step - start_step,
-            "best_checkpoint": str(ckpt.resolve_checkpoint(best)) if best.is_file() else None,
-            "last_checkpoint": str(last) if last else None,
-            "metrics": val_metrics,
-            "stopped_early": stopped_early,
-            "out_of_time": step < total_steps and not stopped_early,
-            "is_main_process": main,
-            "model": raw_model,
-        }
+        return _summary(run_dir, step, start_step, val_metrics, stopped_early, step < total_steps and not stopped_early,
+                        main, raw_model)
     finally:
         gc.unfreeze()  # let a later fit (or the caller) collect what this run left behind
         _release(accelerator)
@@ -320,7 +314,7 @@ def validate(accelerator: "Accelerator", model, criterion, volumes: list[dict], 
     rows = torch.zeros(math.ceil(len(volumes) / world), 6, device=accelerator.device)  # valid, loss, I, U, P, T
     was_training = model.training
     model.eval()
-    with torch.no_grad(), accelerator.autocast():
+    with torch.no_grad():
         for i, vol in enumerate(mine):
             image = torch.as_tensor(vol["image"], device=accelerator.device)
             target = torch.as_tensor(vol["target"], device=accelerator.device)
@@ -330,10 +324,11 @@ def validate(accelerator: "Accelerator", model, criterion, volumes: list[dict], 
                 mask = mask.transpose(0, 1) if mask is not None else None
             else:
                 inputs, target, mask = image[None], target[None], mask[None] if mask is not None else None
-            logits = sliding_window_inference(
-                inputs, roi_size=list(cfg.data.patch_size), sw_batch_size=cfg.inference.sw_batch_size,
-                predictor=model, overlap=cfg.inference.overlap, mode=cfg.inference.blending,
-            ).float()
+            with accelerator.autocast():  # the model in mixed precision, the loss below in float32
+                logits = sliding_window_inference(
+                    inputs, roi_size=list(cfg.data.patch_size), sw_batch_size=cfg.inference.sw_batch_size,
+                    predictor=model, overlap=cfg.inference.overlap, mode=cfg.inference.blending,
+                ).float()
             loss, _ = criterion(logits, target, mask)
             pred = (logits[:, 0] > 0).float()  # sigmoid(x) > 0.5  <=>  x > 0
             truth = (target[:, 0] > 0.5).float()
@@ -365,6 +360,59 @@ def _resume_checkpoint(resume, run_dir: Path) -> Optional[Path]:
     if str(resume) == "auto":
         return ckpt.find_resume_checkpoint(run_dir)  # nothing yet: a fresh start, so `--resume auto` is idempotent
     return ckpt.resolve_checkpoint(resume)
+
+
+def _summary(run_dir: Path, step: int, start_step: int, metrics: dict, stopped_early: bool, out_of_time: bool,
+             main: bool, raw_model, already_finished: bool = False) -> dict:
+    """:func:`fit`'s return value (documented there)."""
+    best = run_dir / ckpt.CHECKPOINT_DIR / "best"
+    last = ckpt.find_resume_checkpoint(run_dir)
+    return {
+        "run_dir": str(run_dir),
+        "step": step,
+        "steps_this_run": step - start_step,
+        "best_checkpoint": str(ckpt.resolve_checkpoint(best)) if best.is_file() else None,
+        "last_checkpoint": str(last) if last else None,
+        "metrics": metrics,
+        "stopped_early": stopped_early,
+        "out_of_time": out_of_time,
+        "already_finished": already_finished,
+        "is_main_process": main,
+        "model": raw_model,
+    }
+
+
+def _step_limit(tc) -> str:
+    """How the config sets the number of steps, e.g. ``training.max_steps=20``."""
+    if tc.max_steps:
+        return f"training.max_steps={tc.max_steps}"
+    return f"training.max_epochs={tc.max_epochs} x training.iters_per_epoch={tc.iters_per_epoch}"
+
+
+def _last_validation(path: Path) -> dict:
+    """The last validation metrics logged in ``metrics.jsonl`` ({} when there are none)."""
+    found: dict = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short when a run was killed
+                continue
+            if any(k in row for k in VAL_METRICS):
+                found = {k: v for k, v in row.items() if k in VAL_METRICS}
+    return found
+
+
+def _nan_message(value: float, step: int, cfg, lr: float, precision: str, last: Optional[Path]) -> str:
+    """The error for a non-finite loss, with only the remedies this run has not tried yet."""
+    remedies = [f"lower optimizer.lr (the optimizer's lr is now {lr:.2e})"]
+    if cfg.training.gradient_clip_val is None:
+        remedies.append("set training.gradient_clip_val (e.g. 1.0)")
+    if precision != "32":
+        remedies.append("use training.precision=32")
+    return (f"loss became {value} at step {step}; " + ", ".join(remedies[:-1])
+            + (" or " if len(remedies) > 1 else "") + remedies[-1]
+            + f" — last good checkpoint: {last if last else 'none saved yet'}")
 
 
 def _restore(path: Path, cfg, raw_model, optimizer, scheduler, ema, accelerator) -> dict:
