@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -314,7 +315,7 @@ class DecodingConfig(_Section):
     )
     merge_thresholds: list[float] = Field([0.5], min_length=1, description="affinity-waterz: agglomeration thresholds.")
     merge_function: str = Field(
-        "mean", pattern=r"^(mean|quantile-(1[05]|[2-9][05]))$",
+        "mean",
         description="affinity-waterz: edge score, mean or quantile-N (N = 10, 15, ..., 95) of the boundary affinities.",
     )
     # 128×512×512 float32 is 128 MiB a channel: a few such arrays per block stay well under 2 GiB.
@@ -334,6 +335,13 @@ class DecodingConfig(_Section):
     def _positive_block(cls, v: list[int]) -> list[int]:
         if any(s < 1 for s in v):
             raise ValueError("block sizes must be positive")
+        return v
+
+    @field_validator("merge_function")
+    @classmethod
+    def _known_merge_function(cls, v: str) -> str:
+        if v != "mean" and v not in {f"quantile-{q}" for q in range(10, 100, 5)}:
+            raise ValueError("use mean or quantile-N with N = 10, 15, ..., 95 (the scores waterz ships compiled)")
         return v
 
     @field_validator("halo")
@@ -453,6 +461,9 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. data.batch_size=8")
+        if "[" in key:
+            raise ConfigError(f"override {item!r}: list items cannot be set one by one; give the whole list, e.g. "
+                              "data.targets='[{name: binary}, {name: contour}]'")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -478,12 +489,24 @@ def env_overrides() -> dict:
     return source()
 
 
-def config_from_dict(data: dict, origin: str = "config") -> PytcConfig:
-    """Validate a nested dict into a :class:`PytcConfig`, turning errors into one-line ConfigErrors."""
+def config_from_dict(data: dict, origin: str = "config", sources: dict[str, str] | None = None) -> PytcConfig:
+    """Validate a nested dict into a :class:`PytcConfig`, turning errors into one-line ConfigErrors.
+
+    ``sources`` maps dotted keys to where their values came from (a command-line override, an
+    environment variable); errors under those keys name that instead of ``origin``.
+    """
     try:
         return PytcConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, origin)) from None
+        raise ConfigError(_format_validation_error(err, origin, sources or {})) from None
+
+
+def _leaves(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        out += _leaves(v, key + ".") if isinstance(v, dict) and v else [key]
+    return out
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PytcConfig:
@@ -500,9 +523,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         ConfigError: unreadable file, ``_base_`` cycle, unknown key (with a did-you-mean), wrong type.
     """
     data = _load_with_bases(Path(path)) if path is not None else {}
-    data = deep_merge(data, env_overrides())
-    data = deep_merge(data, parse_overrides(overrides))
-    return config_from_dict(data, origin=str(path) if path is not None else "config")
+    env, cli = env_overrides(), parse_overrides(overrides)
+    sources = {k: f"environment variable {ENV_PREFIX}{k.replace('.', ENV_DELIMITER).upper()}" for k in _leaves(env)}
+    given = {item.partition("=")[0].strip(): item for item in overrides or []}
+    sources.update({k: f"override {given.get(k, k)!r}" for k in _leaves(cli)})
+    data = deep_merge(deep_merge(data, env), cli)
+    return config_from_dict(data, origin=str(path) if path is not None else "config", sources=sources)
 
 
 def dump_config(cfg: PytcConfig) -> str:
@@ -579,8 +605,8 @@ def _dotted(parts: list[str]) -> str:
     return ".".join(parts).replace(".[", "[")
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
-    messages: list[str] = []
+def _format_validation_error(err: ValidationError, origin: str, sources: dict[str, str] | None = None) -> str:
+    messages: list[tuple[str, str]] = []  # (where the value came from, message)
     seen: set[str] = set()
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -609,8 +635,19 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
                 text = e["msg"].removeprefix("Value error, ")
             msg = f"{key}: {text}" + ("" if e["type"] == "missing" or isinstance(given, dict) else f", got {given!r}")
         seen.add(key)
-        messages.append(msg)
-    return f"{origin}: " + "; ".join(messages)
+        messages.append((_source_of(key, sources or {}, origin), msg))
+    if len({where for where, _ in messages}) == 1:
+        return f"{messages[0][0]}: " + "; ".join(msg for _, msg in messages)
+    return "; ".join(f"{where}: {msg}" for where, msg in messages)
+
+
+def _source_of(key: str, sources: dict[str, str], origin: str) -> str:
+    """Where the value at dotted ``key`` (``data.targets[0]`` style) came from."""
+    plain = re.sub(r"\[\d+\]", "", key)
+    for k in sorted(sources, key=len, reverse=True):
+        if plain == k or plain.startswith(k + ".") or k.startswith(plain + "."):
+            return sources[k]
+    return origin
 
 
 def _is_type_tag(part: Any) -> bool:

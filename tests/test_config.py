@@ -140,7 +140,7 @@ def test_wrong_type_names_key_expected_and_given(tmp_path):
 def test_union_type_error_reported_once_with_types():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["data.train_image=[1, 2]"])
-    assert str(err.value) == "config: data.train_image: expected str | list[str] | null, got [1, 2]"
+    assert str(err.value) == "override 'data.train_image=[1, 2]': data.train_image: expected str | list[str] | null, got [1, 2]"
 
 
 def test_choice_error_lists_choices():
@@ -221,6 +221,23 @@ def test_env_typo_is_an_error(monkeypatch):
     monkeypatch.setenv("PYTC_DATA__BACH_SIZE", "4")
     with pytest.raises(ConfigError, match=r"data\.bach_size: unknown key — did you mean data\.batch_size\?"):
         load_config(None)
+
+
+def test_errors_name_where_the_bad_value_came_from(monkeypatch):
+    # The file is not blamed for what an environment variable or a command-line override set.
+    monkeypatch.setenv("PYTC_DATA__BACH_SIZE", "4")
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "lucchi.yaml", ["inference.overlap=1.0"])
+    assert str(err.value) == (
+        "environment variable PYTC_DATA__BACH_SIZE: data.bach_size: unknown key — did you mean data.batch_size?; "
+        "override 'inference.overlap=1.0': inference.overlap: Input should be less than 1, got 1.0")
+    monkeypatch.delenv("PYTC_DATA__BACH_SIZE")
+    with pytest.raises(ConfigError, match=r"^override 'inference.tta_flips=\[1,2\]': inference.tta_flips\[0\]"):
+        load_config(CONFIGS / "lucchi.yaml", ["inference.tta_flips=[1,2]"])
+    with pytest.raises(ConfigError, match=r"^my.yaml: data.batch_size: Input should be greater than or equal to 1"):
+        config_from_dict({"data": {"batch_size": 0}}, origin="my.yaml")  # a value from the file names the file
+    with pytest.raises(ConfigError, match="list items cannot be set one by one; give the whole list"):
+        parse_overrides(["data.targets[0].name=contour"])
 
 
 def test_python_object_tags_are_refused_not_executed(tmp_path):

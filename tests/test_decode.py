@@ -341,7 +341,7 @@ def test_cli_decode(tmp_path):
 
     for bad, message in [
         (["--merge-thresholds", "0.3,x"], "--merge-thresholds expects numbers separated by commas"),
-        (["--merge-function", "median"], "decoding.merge_function: String should match pattern"),
+        (["--merge-function", "median"], "decoding.merge_function: use mean or quantile-N with N = 10, 15, ..., 95"),
         (["--channels", "binary"], "1 channel kinds given (binary) for a prediction with 2 channels"),
     ]:
         result = runner.invoke(app, [*args, "--force", *bad])
