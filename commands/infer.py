@@ -56,6 +56,7 @@ def infer(
     typer.echo(f"Wrote {s['output']}: {shape} {s['dtype']} ({group_kinds(s['channels'])})")
     done = s["blocks"] - s["blocks_skipped"]
     skipped = f", {s['blocks_skipped']} skipped (finished by an earlier run)" if s["blocks_skipped"] else ""
-    typer.echo(f"{s['blocks']} blocks: {done} computed{skipped}; {s['processes']} process(es) on {s['device']}, "
+    typer.echo(f"{s['blocks']} blocks: {done} computed{skipped}; {s['processes']} process{'es' if s['processes'] != 1 else ''} on "
+               f"{s['device']}, "
                f"{s['voxels_per_s'] / 1e6:.2f} Mvoxel/s, {s['seconds']:.1f} s")
 

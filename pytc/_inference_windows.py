@@ -333,6 +333,10 @@ def build_augs(flips: Sequence[Sequence[int]], rot90: Sequence[int], kinds, offs
             raise ConfigError(f"inference.tta_flips entry {list(axes)}: axes are 0 (z), 1 (y), 2 (x); got {bad}")
         key = tuple(sorted(set(a for a in axes if list(axes).count(a) % 2)))  # flipping twice is no flip
         flip_sets.append(key)
+    idle = [k for k in rot90 if k % 4 == 0]
+    if idle:
+        raise ConfigError(f"inference.tta_rot90 entry {idle[0]} is a full turn (the identity, always included); "
+                          "use quarter turns 1, 2 or 3")
     turns = [0] + [k % 4 for k in rot90]
     seen, augs = set(), []
     for f, k in itertools.product(flip_sets, turns):

@@ -92,7 +92,7 @@ class _InputView:
             elif nd == 4 and shape[0] == in_channels:
                 self.layout = "czyx"
             elif nd in (3, 4):
-                raise DataError(f"{given} but the model takes {in_channels} channel(s); give "
+                raise DataError(f"{given} but the model takes {in_channels} channel{'s' if in_channels != 1 else ''}; give "
                                 f"{'(Z, Y, X)' if in_channels == 1 else f'({in_channels}, Z, Y, X)'}")
             else:
                 raise DataError(f"{given}; give a (Z, Y, X) or (C, Z, Y, X) volume")
@@ -106,8 +106,8 @@ class _InputView:
             elif nd == 4 and shape[0] == in_channels:
                 self.layout = "czyx"
             else:
-                raise DataError(f"{given} but the 2D model takes {in_channels} channel(s); give (Y, X), "
-                                f"(Z, Y, X) or ({in_channels}, Z, Y, X)")
+                raise DataError(f"{given} but the 2D model takes {in_channels} channel{'s' if in_channels != 1 else ''}; "
+                                f"give (Y, X), (Z, Y, X) or ({in_channels}, Z, Y, X)")
         spatial = {"zyx": shape, "czyx": shape[1:], "yx": (1, *shape), "cyx": (1, *shape[1:])}[self.layout]
         self.shape: tuple[int, int, int] = tuple(spatial)
 

@@ -300,7 +300,7 @@ def test_inputs_that_do_not_fit_the_model_are_one_line_errors(data):
     model = tiny_model(cfg)
     with pytest.raises(DataError, match=r"a 2D image, but the model is 3D"):
         predict_volume(model, data["image"][0], cfg, progress=False)
-    with pytest.raises(DataError, match=r"takes 1 channel\(s\); give \(Z, Y, X\)"):
+    with pytest.raises(DataError, match=r"takes 1 channel; give \(Z, Y, X\)"):
         predict_volume(model, np.stack([data["image"]] * 2), cfg, progress=False)
     with pytest.raises(DataError, match="output has shape"):
         predict_volume(model, data["image"], cfg, output=np.zeros((2, *SHAPE), np.float32), progress=False)
@@ -365,6 +365,12 @@ def test_tta_inverts_flips_and_shifts_affinities_like_a_hand_computation(data):
     # The flipped z-affinity links v with v + (1,0,0): it belongs to voxel v + (1,0,0).
     np.testing.assert_allclose(tta[1, 1:], (plain[1, 1:] + flipped[1, :-1]) / 2, atol=1e-6)
     np.testing.assert_allclose(tta[1, 0], plain[1, 0], atol=1e-6)  # no flipped value for z = 0
+
+
+def test_a_full_turn_in_tta_rot90_is_refused():
+    cfg = tiny_cfg("inference.tta_rot90=[1,4]")
+    with pytest.raises(ConfigError, match="tta_rot90 entry 4 is a full turn"):
+        predict_volume(tiny_model(cfg), em_like((8, 16, 16)), cfg, progress=False)
 
 
 def test_tta_routes_and_refusals():
@@ -523,7 +529,7 @@ def test_cli_infer(data, tmp_path):
     result = runner.invoke(app, [*args, "inference.overlap=0.5", "--dtype", "float16"])
     assert result.exit_code == 0, result.output
     assert f"Wrote {tmp_path / 'p.zarr'}: 1×13×37×29 float16 (binary)" in result.output
-    assert "12 blocks: 12 computed; 1 process(es) on cpu" in result.output
+    assert "12 blocks: 12 computed; 1 process on cpu" in result.output
     with open_volume(tmp_path / "p.zarr") as vol:
         assert vol.dtype == np.float16
     result = runner.invoke(app, args)
