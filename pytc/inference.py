@@ -473,6 +473,11 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     with open_volume(input) as vol:
         check_finite(vol, f"input {vol.spec}")  # float inputs only; before any output exists
         engine = _Engine(model, vol, cfg, dist.device, stats=None, name=f"input {vol.spec}")
+        plan = engine.plan
+        if any(b < min(w, n) for b, w, n in zip(plan.block, plan.window, plan.shape)) and dist.rank == 0:
+            log.warning(f"inference.block_size {list(plan.block)} is smaller than the window {list(plan.window)}: "
+                        "each block hands most of its windows' sums to its neighbours (slow, many small files); "
+                        "use blocks at least the window")
         chunks = (1, *output_chunks(engine.plan.block, engine.plan.shape))
         layout = dict(shape=engine.out_shape, dtype=out_dtype, chunks=chunks, compression=cfg.inference.compression,
                       voxel_size=vol.voxel_size, force=force, resumable=True)

@@ -422,6 +422,8 @@ def test_infer_hdf5_and_default_zarr_suffix(data, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="pytc"):  # the default zstd falls back to gzip quietly
         infer(data["ckpt"], data["input"], f"{tmp_path}/pred.h5:prob", progress=False, dtype="float32")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    infer(data["ckpt"], data["input"], f"{tmp_path}/small.zarr", ["inference.block_size=[4,16,16]"], progress=False)
+    assert "inference.block_size [4, 16, 16] is smaller than the window [8, 16, 16]" in caplog.text
     if importlib.util.find_spec("hdf5plugin") is None:  # asked for by name, the fallback is said
         infer(data["ckpt"], data["input"], f"{tmp_path}/z.h5:prob", ["inference.compression=zstd"], progress=False)
         assert "needs hdf5plugin" in caplog.text
