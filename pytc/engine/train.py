@@ -126,8 +126,9 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         if not cpu:
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
             if (cfg.system.num_gpus or 0) > accelerator.num_processes:
-                accelerator.print(f"system.num_gpus is {cfg.system.num_gpus} but this is {accelerator.num_processes} "
-                                  f"process(es), one GPU each; use accelerate launch --num_processes "
+                n = accelerator.num_processes
+                accelerator.print(f"system.num_gpus is {cfg.system.num_gpus} but this is {n} "
+                                  f"process{'es' if n != 1 else ''}, one GPU each; use accelerate launch --num_processes "
                                   f"{cfg.system.num_gpus} $(which pytc) train ...")
         if cfg.logging.tensorboard and not tensorboard and "tensorboard" in cfg.logging.model_fields_set:
             accelerator.print("logging.tensorboard is on but tensorboard is not installed (pip install tensorboard); "
@@ -171,7 +172,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             _truncate_metrics(run_dir / "metrics.jsonl", after=step)
             moved = ckpt.set_aside_after(ckpt_dir, step)  # resuming from an older checkpoint: a new branch
             if moved:
-                accelerator.print(f"moved {len(moved)} checkpoint(s) newer than step {step} to {moved[0].parent}")
+                accelerator.print(f"moved {len(moved)} checkpoint{'s' if len(moved) != 1 else ''} newer than step "
+                                  f"{step} to {moved[0].parent}")
                 cc = cfg.checkpoint
                 ckpt.update_pointers_and_prune(ckpt_dir, cc.monitor, cc.mode, cc.save_top_k, cc.save_last)
         if tensorboard:
