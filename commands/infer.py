@@ -48,7 +48,8 @@ def infer(
         s = predict(ckpt, input, output, overrides, force=force, progress=True, resume=not restart,
                     dtype=dtype.value if dtype is not None else None)
     except KeyboardInterrupt:
-        typer.echo("Interrupted: the finished blocks are kept; rerun the same command to resume.", err=True)
+        how = "rerun without --restart to resume" if restart else "rerun the same command to resume"
+        typer.echo(f"Interrupted: the finished blocks are kept; {how}.", err=True)
         raise typer.Exit(130) from None
     if s["rank"] != 0:
         return
@@ -56,7 +57,7 @@ def infer(
     typer.echo(f"Wrote {s['output']}: {shape} {s['dtype']} ({group_kinds(s['channels'])})")
     done = s["blocks"] - s["blocks_skipped"]
     skipped = f", {s['blocks_skipped']} skipped (finished by an earlier run)" if s["blocks_skipped"] else ""
-    typer.echo(f"{s['blocks']} blocks: {done} computed{skipped}; {s['processes']} process{'es' if s['processes'] != 1 else ''} on "
+    typer.echo(f"{s['blocks']} block{'s' if s['blocks'] != 1 else ''}: {done} computed{skipped}; {s['processes']} process{'es' if s['processes'] != 1 else ''} on "
                f"{s['device']}, "
                f"{s['voxels_per_s'] / 1e6:.2f} Mvoxel/s, {s['seconds']:.1f} s")
 

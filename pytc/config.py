@@ -645,7 +645,7 @@ def _source_of(key: str, sources: dict[str, str], origin: str) -> str:
     """Where the value at dotted ``key`` (``data.targets[0]`` style) came from."""
     plain = re.sub(r"\[\d+\]", "", key)
     for k in sorted(sources, key=len, reverse=True):
-        if plain == k or plain.startswith(k + ".") or k.startswith(plain + "."):
+        if plain == k or plain.startswith(k + "."):  # a section-wide check is not blamed on one key's source
             return sources[k]
     return origin
 

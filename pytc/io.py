@@ -48,7 +48,7 @@ import numpy as np
 from pytc import _io_formats as fmt
 from pytc import _io_tiff as tiff
 from pytc.choices import Compression
-from pytc.errors import OutputExistsError, VolumeError
+from pytc.errors import OutputExistsError, PytcError, VolumeError
 
 __all__ = [
     "Volume",
@@ -323,6 +323,12 @@ def check_not_input(output: str | os.PathLike, inputs, what: str = "output") -> 
         if given is None:
             continue
         src = _address(given)
+        if src[1] is None:  # the dataset or array a key-less address reads (the file's only one, OME's "0")
+            try:
+                with open_volume(given) as vol:
+                    src = (src[0], vol.key.strip("/") if vol.key else None)
+            except PytcError:
+                pass  # unreadable: the command says why when it opens it
         if out[0] == src[0]:
             same = out[1] is None or src[1] is None or out[1] == src[1] or \
                 out[1].startswith(src[1] + "/") or src[1].startswith(out[1] + "/")
@@ -749,7 +755,10 @@ def convert(
         vsize = voxel_size if voxel_size is not None else source.voxel_size
         itemsize = source.dtype.itemsize
         with create_volume(dst, shape, source.dtype, chunks, compression, vsize, force) as out:
-            attrs = {k: v for k, v in source.attrs.items() if k not in fmt.VOXEL_SIZE_ATTRS}
+            attrs, odd = json_attrs(source.attrs)
+            if odd:
+                warnings.warn(f"attributes {', '.join(odd)} of {source.spec} are not plain JSON values (object "
+                              "references, empty data, NaN) and are not copied", stacklevel=2)
             if attrs and out.format in ("zarr", "hdf5"):
                 out.set_attrs(attrs)  # pytc_channels / pytc_scale: a converted prediction reads the same
             elif attrs:
@@ -783,6 +792,22 @@ def _block_stats(block: np.ndarray, labels: bool) -> dict:
     }
 
 
+def json_attrs(attrs: dict) -> tuple[dict, list[str]]:
+    """The user attributes that are plain JSON values (voxel-size keys left out, they travel as the
+    voxel size), and the names of the others (HDF5 object references, empty or binary data)."""
+    kept, odd = {}, []
+    for k, v in attrs.items():
+        if k in fmt.VOXEL_SIZE_ATTRS:
+            continue
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):
+            odd.append(str(k))
+            continue
+        kept[k] = v
+    return kept, odd
+
+
 def list_volumes(spec: str | os.PathLike) -> list[str]:
     """Addresses of the arrays in an HDF5 file or Zarr group given without a dataset or array
     (``file.h5`` → ``["file.h5:image", "file.h5:label"]``); ``[]`` for any other address,
@@ -796,9 +821,10 @@ def list_volumes(spec: str | os.PathLike) -> list[str]:
         import h5py
 
         names: list[str] = []
-        try:
+        try:  # datasets with data (a null dataspace, h5py.Empty, holds none)
             with h5py.File(vs.path, "r") as f:
-                f.visititems(lambda name, o: names.append(name) if isinstance(o, h5py.Dataset) else None)
+                f.visititems(lambda name, o: names.append(name)
+                             if isinstance(o, h5py.Dataset) and o.shape is not None else None)
         except OSError:
             return []  # open_volume explains what is wrong with the file
         return [f"{vs.path}:{n}" for n in names]
@@ -842,7 +868,7 @@ def volume_info(spec: str | os.PathLike, stats: bool = False, progress: bool = F
             "nbytes": int(vol.nbytes),
             "disk_bytes": vol.disk_bytes(),
             # a prediction's channel kinds and scale, say (pytc_config, a whole YAML file, is left out)
-            "attributes": {k: v for k, v in vol.attrs.items() if k not in fmt.VOXEL_SIZE_ATTRS and k != "pytc_config"},
+            "attributes": {k: v for k, v in json_attrs(vol.attrs)[0].items() if k != "pytc_config"},
         }
         if stats:
             info.update(_volume_stats(vol, progress))

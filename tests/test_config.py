@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -238,6 +239,12 @@ def test_errors_name_where_the_bad_value_came_from(monkeypatch):
         config_from_dict({"data": {"batch_size": 0}}, origin="my.yaml")  # a value from the file names the file
     with pytest.raises(ConfigError, match="list items cannot be set one by one; give the whole list"):
         parse_overrides(["data.targets[0].name=contour"])
+
+
+def test_a_section_wide_error_is_not_blamed_on_an_override(tmp_path):
+    cfg = _write(tmp_path / "c.yaml", "data:\n  val_image: v.h5:image\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(cfg))}: data: "):
+        load_config(cfg, ["data.batch_size=2"])
 
 
 def test_python_object_tags_are_refused_not_executed(tmp_path):

@@ -212,7 +212,7 @@ def test_early_stopping_stops(blobs, tmp_path):
     assert Path(out["last_checkpoint"]).name == "step-000003"
 
 
-def test_max_minutes_stops_with_a_checkpoint_and_the_run_resumes(blobs, tmp_path, monkeypatch):
+def test_max_minutes_stops_with_a_checkpoint_and_the_run_resumes(blobs, tmp_path, monkeypatch, capsys):
     import pytc.engine.train as train
 
     ticks = iter(range(0, 10_000, 60))  # every reading of the clock is one minute later
@@ -220,11 +220,16 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_run_resumes(blobs, tmp_path
     cfg = tiny_cfg(blobs, "training.max_steps=5", "training.val_check_interval=100", "training.max_minutes=2.5")
     out = fit(cfg, run_dir=tmp_path)
     assert out["out_of_time"] and not out["stopped_early"] and out["step"] == 3  # 60, 120 < 150 <= 180 s
+    assert "stopped at step 3: training.max_minutes=2.5 reached" in capsys.readouterr().out
     assert Path(out["last_checkpoint"]).name == "step-000003"
     assert [ln["step"] for ln in read_metrics(tmp_path) if "val/loss" in ln] == [3]  # validated before stopping
     more = fit(cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_minutes": None})}),
                run_dir=tmp_path, resume="auto")
     assert (more["step"], more["steps_this_run"], more["out_of_time"]) == (5, 2, False)
+    ticks = iter(range(0, 10_000, 60))  # step and time limit on the same step: finished, no resume advice
+    capsys.readouterr()
+    both = fit(tiny_cfg(blobs, "training.max_steps=2", "training.max_minutes=1.5", val=False), run_dir=tmp_path / "b")
+    assert both["step"] == 2 and not both["out_of_time"] and "resume" not in capsys.readouterr().out
 
 
 def test_resuming_a_finished_run_says_so_and_keeps_its_metrics(blobs, tmp_path):
@@ -247,6 +252,10 @@ def test_resuming_a_finished_run_says_so_and_keeps_its_metrics(blobs, tmp_path):
     assert "nan" not in again.output and "no validation data" not in again.output
     assert f"Final metrics: val/loss {val['val/loss']:.4f}" in again.output and "[already finished]" in again.output
     assert (run / "metrics.jsonl").read_text() == log  # nothing trained, nothing logged
+    elsewhere = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "new"), "--resume", str(run / "checkpoints" / "last")])
+    assert elsewhere.exit_code == 0, elsewhere.output  # the finished run is the resumed one, not the new folder
+    assert f"{run} already finished at step 2" in elsewhere.output and "[already finished]" in elsewhere.output
+    assert f"Final metrics: val/loss {val['val/loss']:.4f}" in elsewhere.output and not (tmp_path / "new").exists()
 
     summary = fit(tiny_cfg(blobs, "training.max_steps=2"), run_dir=run, resume="auto")
     assert summary["already_finished"] and summary["steps_this_run"] == 0 and summary["step"] == 2

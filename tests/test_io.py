@@ -128,6 +128,34 @@ def test_convert_copies_attributes_between_zarr_and_hdf5(tmp_path):
         assert (tif[...] == 7).all()
 
 
+def test_outputs_beside_a_keyless_input_are_not_the_input(tmp_path):
+    # A key-less address reads one dataset (the file's only one); a new dataset beside it is another.
+    with h5py.File(tmp_path / "single.h5", "w") as f:
+        f["main"] = np.zeros((2, 3, 4), "u1")
+    pio.check_not_input(f"{tmp_path}/single.h5:pred", [f"{tmp_path}/single.h5"])
+    with pytest.raises(VolumeError, match="is also the input"):
+        pio.check_not_input(f"{tmp_path}/single.h5:main", [f"{tmp_path}/single.h5"])
+    with pytest.raises(VolumeError, match="is also the input"):  # a key-less output replaces the whole file
+        pio.check_not_input(f"{tmp_path}/single.h5", [f"{tmp_path}/single.h5:main"])
+
+
+def test_attributes_that_are_not_plain_values_are_left_out(tmp_path):
+    with h5py.File(tmp_path / "dims.h5", "w") as f:
+        raw = f.create_dataset("raw", data=np.zeros((2, 3, 4), "u1"))
+        scale = f.create_dataset("z", data=np.arange(2))
+        scale.make_scale("z")
+        raw.dims[0].attach_scale(scale)  # DIMENSION_LIST: object references
+        raw.attrs["empty"] = h5py.Empty("f")
+        raw.attrs["kept"] = 3
+        f.create_dataset("nothing", data=h5py.Empty("f"))  # no data at all: not listed
+    assert volume_info(f"{tmp_path}/dims.h5:raw")["attributes"] == {"kept": 3}
+    with pytest.warns(UserWarning, match="attributes DIMENSION_LIST, empty of .* are not plain JSON values"):
+        convert(f"{tmp_path}/dims.h5:raw", f"{tmp_path}/o.zarr", progress=False)
+    with open_volume(f"{tmp_path}/o.zarr") as out:
+        assert out.attrs == {"kept": 3}
+    assert pio.list_volumes(tmp_path / "dims.h5") == [f"{tmp_path}/dims.h5:raw", f"{tmp_path}/dims.h5:z"]
+
+
 def test_unsupported_codecs_are_clear_errors(tmp_path):
     with pytest.raises(VolumeError, match="TIFF has no lz4"):
         create_volume(tmp_path / "a.tif", (2, 4, 4), "uint8", compression="lz4")

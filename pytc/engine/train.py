@@ -155,9 +155,11 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
             state = _restore(resume_from, cfg, raw_model, optimizer, scheduler, ema, accelerator)
             step, es = int(state["step"]), dict(state["early_stopping"])
             if step >= total_steps:  # nothing to train: say so instead of an empty progress bar
-                accelerator.print(f"{run_dir} already finished at step {step} ({_step_limit(tc)}); to train on, "
+                # the run that finished: the one the checkpoint belongs to (run_dir may be a new folder)
+                done = resume_from.parent.parent if resume_from.parent.name == ckpt.CHECKPOINT_DIR else run_dir
+                accelerator.print(f"{done} already finished at step {step} ({_step_limit(tc)}); to train on, "
                                   f"raise training.max_steps (e.g. training.max_steps={2 * step}) and resume again")
-                return _summary(run_dir, step, step, _last_validation(run_dir / "metrics.jsonl"), False, False,
+                return _summary(done, step, step, _last_validation(done / "metrics.jsonl"), False, False,
                                 main, raw_model, already_finished=True)
             accelerator.print(f"resuming from {resume_from} (step {step})")
 
@@ -254,8 +256,9 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                 if stopped_early:
                     break
                 if out_of_time:
-                    accelerator.print(f"stopped at step {step}: training.max_minutes={tc.max_minutes:g} reached "
-                                      "(`--resume auto` continues the run)")
+                    if step < total_steps:  # the time limit, not the step limit, ended the run
+                        accelerator.print(f"stopped at step {step}: training.max_minutes={tc.max_minutes:g} reached "
+                                          "(`--resume auto` continues the run)")
                     break
         accelerator.end_training()
 
