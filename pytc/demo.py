@@ -212,8 +212,12 @@ def run_demo(out: str | os.PathLike = "demo_out", task: DemoTask | str = DemoTas
         OutputExistsError: ``out`` is not empty and ``force`` is False.
         ConfigError: a bad override, or no demo config.
     """
+    import math
+
     from pytc.config import load_config
 
+    if steps is None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a positive number of minutes, got {minutes}")
     if "torch" not in sys.modules:
         # Idle OpenMP threads sleep instead of spinning (libgomp reads this once, when torch loads):
         # on cores shared with other jobs, spinning threads made each step ~3x slower (measured).

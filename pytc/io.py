@@ -333,7 +333,7 @@ def check_not_input(output: str | os.PathLike, inputs, what: str = "output") -> 
             same = out[1] is None or src[1] is None or out[1] == src[1] or \
                 out[1].startswith(src[1] + "/") or src[1].startswith(out[1] + "/")
         else:  # a file inside an input store (a JSON report in a Zarr folder, say), or a store around an input
-            same = out[0] in src[0].parents or src[0] in out[0].parents
+            same = (out[0] in src[0].parents and out[0].is_dir()) or (src[0] in out[0].parents and src[0].is_dir())
         if same:
             raise VolumeError(f"{what} {os.fspath(output)} is also the input {os.fspath(given)}; writing it would "
                               "replace what is being read: choose another output")
@@ -525,6 +525,8 @@ def output_exists(spec: "str | os.PathLike | VolumeSpec") -> bool:
     vs = spec if isinstance(spec, VolumeSpec) else parse_spec(spec)
     path = vs.path.absolute()
     final = path / vs.key if vs.format == "zarr" and vs.key is not None and path.is_dir() else path
+    if final.is_symlink() and not final.exists():
+        return True  # a link to nothing (an unmounted share, say): writing would replace the link
     exists = final.exists() and not (vs.format == "slices" and final.is_dir() and not any(final.iterdir()))
     if exists and vs.format == "hdf5" and vs.key is not None and final.is_file():
         exists = _h5_has_key(final, vs.key) is not False

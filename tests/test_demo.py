@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import pytc.demo as demo
 from pytc.cli import app
 from pytc.config import load_config
-from pytc.errors import OutputExistsError
+from pytc.errors import ConfigError, OutputExistsError
 from pytc.synth import make_em_volume
 
 # Small enough for seconds: 16×32×32 patches and windows (the 4-level U-Net of demo.yaml needs multiples of 8).
@@ -108,6 +108,13 @@ def test_neuron_demo_scores_affinity_instances_and_keeps_other_files(tmp_path):
     assert load_config(out / "run" / "config.yaml").decoding.method == "affinity-waterz"
     with Image.open(out / "figure.png") as img:
         assert img.format == "PNG"
+
+
+@pytest.mark.parametrize("minutes", [float("nan"), 0.0, -1.0])
+def test_a_time_budget_must_be_a_positive_number(tmp_path, minutes):
+    with pytest.raises(ConfigError, match="--minutes must be a positive number of minutes"):
+        demo.run_demo(tmp_path / "out", minutes=minutes)
+    assert not (tmp_path / "out").exists()
 
 
 def test_time_budget_is_one_run_with_a_time_limit(tmp_path, monkeypatch):

@@ -139,6 +139,16 @@ def test_outputs_beside_a_keyless_input_are_not_the_input(tmp_path):
         pio.check_not_input(f"{tmp_path}/single.h5", [f"{tmp_path}/single.h5:main"])
 
 
+def test_a_dangling_link_at_the_output_path_needs_force_and_a_file_is_no_container(tmp_path):
+    (tmp_path / "out.zarr").symlink_to(tmp_path / "not-mounted.zarr")
+    assert pio.output_exists(tmp_path / "out.zarr")  # replacing the link needs --force
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["raw"] = np.zeros((2, 3, 4), "u1")
+    pio.check_not_input(tmp_path / "v.h5.zarr", [f"{tmp_path}/v.h5:raw"])  # a sibling, not inside the file
+    with pytest.raises(VolumeError, match="v.h5 is a file, not a folder"):
+        convert(f"{tmp_path}/v.h5:raw", tmp_path / "v.h5" / "x.zarr", progress=False)  # the real reason
+
+
 def test_attributes_that_are_not_plain_values_are_left_out(tmp_path):
     with h5py.File(tmp_path / "dims.h5", "w") as f:
         raw = f.create_dataset("raw", data=np.zeros((2, 3, 4), "u1"))
