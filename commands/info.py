@@ -22,7 +22,9 @@ def _render(value) -> str:
 def info(
     volume: Annotated[str, typer.Argument(metavar="VOL", help=f"Volume: {VOLUME_FORMS}.", show_default=False)],
     stats: Annotated[
-        bool, typer.Option("--stats", help="Also compute min, max, mean and label count (reads every chunk once).")
+        bool,
+        typer.Option("--stats", help="Also compute min, max, mean and, for integer volumes, the number of non-zero "
+                                     "labels (reads every chunk once)."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

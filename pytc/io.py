@@ -850,7 +850,8 @@ def volume_info(spec: str | os.PathLike, stats: bool = False, progress: bool = F
     Args:
         spec: a volume address.
         stats: also compute ``min``, ``max``, ``mean`` (float64 accumulation) and, for integer
-            volumes, ``n_labels`` (distinct values) — chunk by chunk, in bounded memory.
+            volumes, ``n_labels`` (distinct non-zero values: the objects of a label volume) — chunk by
+            chunk, in bounded memory.
         progress: show a progress bar while computing stats.
 
     Returns:
@@ -900,5 +901,6 @@ def _volume_stats(vol: Volume, progress: bool) -> dict:
                 labels, fresh = np.unique(np.concatenate([labels, *fresh])), []
     result.update(min=np.asarray(lo).item(), max=np.asarray(hi).item(), mean=total / vol.size)
     if count_labels:
-        result["n_labels"] = int(np.unique(np.concatenate([labels, *fresh])).size)
+        ids = np.unique(np.concatenate([labels, *fresh]))
+        result["n_labels"] = int(np.count_nonzero(ids))  # objects: 0 is background
     return result
