@@ -146,6 +146,11 @@ def write_run(writer, run: dict) -> None:
     write_atomic(writer.record_dir / RUN_FILE, json.dumps(run))
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would add ".npy" to a temporary's name
+        np.save(fh, array)
+
+
 class Carries:
     """Partial sums on their way to later blocks (see :mod:`pytc._inference_windows`), keyed by
     (target block, source block): in memory up to ``budget`` bytes, beyond that the ones needed
@@ -174,6 +179,8 @@ class Carries:
         return self._dir() / f"{key[0]}-{key[1]}.npy"
 
     def put(self, target: int, source: int, array: np.ndarray) -> None:
+        from pytc.io import write_atomic
+
         if target not in self.wanted:
             return
         self._mem[target, source] = array
@@ -182,10 +189,7 @@ class Carries:
             key = max(self._mem)  # the furthest target is needed last
             spill = self._mem.pop(key)
             self.bytes -= spill.nbytes
-            path = self._path(key)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, spill)
-            os.replace(tmp, path)
+            write_atomic(self._path(key), lambda tmp, a=spill: _save_npy(tmp, a))
             self._disk.add(key)
             self.spilled += 1
 

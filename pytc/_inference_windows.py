@@ -170,6 +170,11 @@ class BlockPlan:
         """The windows (one index per axis) whose first voxel lies in the block, in C order."""
         return list(itertools.product(*(a.owned(j) for a, j in zip(self.axes, self._pos(index)))))
 
+    def window_box(self, k: Sequence[int]) -> Box:
+        """Window ``k`` in volume coordinates, padding included (a window of a padded axis starts
+        before 0): ``relative(part, window_box(k))`` indexes a part of it in the window's prediction."""
+        return tuple(slice(a.starts[i], a.starts[i] + a.w) for a, i in zip(self.axes, k))
+
     def span(self, k: Sequence[int]) -> Box:
         """Voxels of window ``k`` inside the volume."""
         return tuple(slice(*a.span(i)) for a, i in zip(self.axes, k))

@@ -234,8 +234,7 @@ class _Engine:
                 meet = intersect(span, box)
                 if meet is None:
                     continue
-                local = tuple(slice(m.start - s, m.stop - s) for m, s in
-                              zip(meet, (a.starts[i] for a, i in zip(plan.axes, k))))
+                local = relative(meet, plan.window_box(k))
                 acc[(slice(None), *relative(meet, box))] += yk[(slice(None), *local)] * imp[local]
         return acc
 
@@ -251,8 +250,7 @@ class _Engine:
             for k in plan.owned(source):
                 meet = intersect(plan.span(k), core)
                 if meet is not None:
-                    local = tuple(slice(m.start - s, m.stop - s) for m, s in
-                                  zip(meet, (a.starts[i] for a, i in zip(plan.axes, k))))
+                    local = relative(meet, plan.window_box(k))
                     weight[relative(meet, core)] += self.importance[local]
         return weight
 
@@ -438,7 +436,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
         CheckpointError / ConfigError / VolumeError / DataError: bad checkpoint, override, input or
             output (one line each).
     """
-    from pytc.config import load_config
+    from pytc.config import load_config, parse_overrides
     from pytc.data.volumes import check_finite
     from pytc.engine.checkpoint import CONFIG, load_checkpoint_for_inference, resolve_checkpoint
     from pytc.io import check_not_input, check_writable, create_volume, open_volume, output_exists, parse_spec
@@ -459,8 +457,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     out_dtype = _check_output_dtype(cfg.inference.output_dtype, cfg.data.targets)
     store.check_window_fits(cfg)
     if parse_spec(out_spec).format == "hdf5":
-        store.h5_compression(cfg, explicit=any(o.replace(" ", "").startswith("inference.compression=")
-                                                 for o in overrides or []))
+        store.h5_compression(cfg, explicit="compression" in parse_overrides(overrides).get("inference", {}))
     dist = store.Dist(cfg.system.num_gpus)
     if dist.world > 1 and parse_spec(out_spec).format != "zarr":
         raise VolumeError(f"{dist.world} processes write one store side by side only in Zarr; give a .zarr output")
