@@ -44,3 +44,9 @@ class EvalTask(str, Enum):
 
     semantic = "semantic"
     instance = "instance"
+
+
+# waterz merge functions by the names DecodingConfig uses: the scores the waterz 0.10 wheel ships
+# compiled (pytc.decode.WATERZ_SCORES maps each to its C++ type).
+MERGE_QUANTILES = tuple(range(10, 100, 5))
+MERGE_FUNCTIONS = ("mean", *(f"quantile-{q}" for q in MERGE_QUANTILES))

@@ -30,7 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pytc.choices import Compression, DecodeMethod, EvalTask, OutputDtype, Precision
+from pytc.choices import MERGE_FUNCTIONS, Compression, DecodeMethod, EvalTask, OutputDtype, Precision
 from pytc.errors import ConfigError
 
 ENV_PREFIX = "PYTC_"
@@ -340,7 +340,7 @@ class DecodingConfig(_Section):
     @field_validator("merge_function")
     @classmethod
     def _known_merge_function(cls, v: str) -> str:
-        if v != "mean" and v not in {f"quantile-{q}" for q in range(10, 100, 5)}:
+        if v not in MERGE_FUNCTIONS:
             raise ValueError("use mean or quantile-N with N = 10, 15, ..., 95 (the scores waterz ships compiled)")
         return v
 

@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, ge
 import numpy as np
 
 from pytc import _decode_blocks as blocks
-from pytc.choices import DecodeMethod
+from pytc.choices import MERGE_QUANTILES, DecodeMethod
 from pytc.errors import ConfigError, DataError, OutputExistsError
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ WATERZ_SCORES = {
     "mean": "OneMinus<MeanAffinity<RegionGraphType,ScoreValue>>",
     **{
         f"quantile-{q}": f"OneMinus<HistogramQuantileAffinity<RegionGraphType,{q},ScoreValue,256,true>>"
-        for q in range(10, 100, 5)
+        for q in MERGE_QUANTILES
     },
 }
 
