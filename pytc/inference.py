@@ -498,8 +498,8 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
                     run = {"fingerprint": fingerprint, "stats": store.zscore_stats(cfg, vol), "blocks": len(engine.plan)}
                     store.write_run(writer, run)
             dist.barrier()
-            if dist.rank != 0:  # open the store rank 0 prepared
-                writer = create_volume(out_spec, **layout)
+            if dist.rank != 0:  # open the store rank 0 prepared (and holds the output's lock for)
+                writer = create_volume(out_spec, **layout, lock=False)
                 run = store.read_run(writer)
                 if not writer.resumed or run is None or run["fingerprint"] != fingerprint:
                     raise RuntimeError(f"rank {dist.rank} found no prepared store at {writer.partial_path}")

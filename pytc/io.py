@@ -49,6 +49,7 @@ from pytc import _io_formats as fmt
 from pytc import _io_tiff as tiff
 from pytc.choices import Compression
 from pytc.errors import OutputExistsError, PytcError, VolumeError
+from pytc.locks import exclusive, lock_path_for
 
 __all__ = [
     "Volume",
@@ -62,6 +63,7 @@ __all__ = [
     "iter_blocks",
     "list_volumes",
     "open_volume",
+    "output_lock_path",
     "parse_spec",
     "volume_info",
 ]
@@ -371,6 +373,10 @@ class VolumeWriter:
         self.format = spec.format
         self.resumable, self.resumed = resumable, resumed
         self._done = False
+        self._lock = contextlib.ExitStack()  # the output's lock (create_volume), released when done
+
+    def _release(self) -> None:
+        self._lock.close()
 
     spec = property(lambda self: self._spec.text)
     ndim = property(lambda self: len(self.shape))
@@ -435,6 +441,7 @@ class VolumeWriter:
             self.suspend()  # a resumable partial store survives a failed rename; others are deleted
             raise
         self._done = True
+        self._release()
 
     close = commit
 
@@ -445,7 +452,10 @@ class VolumeWriter:
             self.abort()
         elif not self._done:
             self._done = True
-            self._backend.finish()
+            try:
+                self._backend.finish()
+            finally:
+                self._release()
 
     def abort(self) -> None:
         """Discard everything written; the destination is left as it was."""
@@ -457,6 +467,7 @@ class VolumeWriter:
         finally:
             fmt.remove_path(_record_dir(self._tmp, self.format))
             fmt.remove_path(self._tmp)
+            self._release()
 
     def __enter__(self) -> VolumeWriter:
         return self
@@ -553,6 +564,7 @@ def create_volume(
     voxel_size: tuple[float, float, float] | None = None,
     force: bool = False,
     resumable: bool = False,
+    lock: bool = True,
 ) -> VolumeWriter:
     """Create a volume for writing; it appears under ``spec`` only once committed.
 
@@ -571,7 +583,10 @@ def create_volume(
             when the writer is left by an exception; if such a partial store exists with the same
             shape, dtype and chunks it is reopened with its data (``writer.resumed``), otherwise
             it is started over. Several processes may open the same Zarr partial store and write
-            disjoint chunks.
+            disjoint chunks (all but one pass ``lock=False``).
+        lock: hold an exclusive lock on the destination (:func:`output_lock_path`) until the
+            writer is committed, aborted or suspended, so that a second writer of the same output
+            (another process, or this one) is refused with a line naming the holder.
 
     Returns:
         A :class:`VolumeWriter`; use it as a context manager.
@@ -579,6 +594,7 @@ def create_volume(
     Raises:
         OutputExistsError: the destination exists and ``force`` is False.
         VolumeError: invalid shape/chunks/compression/voxel size for this format.
+        LockedError: another writer holds the destination.
     """
     vs = parse_spec(spec)
     shape, dtype = _check_shape(shape), np.dtype(dtype)
@@ -590,6 +606,33 @@ def create_volume(
         path.parent.mkdir(parents=True, exist_ok=True)
     in_store = vs.format == "zarr" and vs.key is not None and path.is_dir()  # new array, existing store
     final = path / vs.key if in_store else path
+    held = contextlib.ExitStack()
+    if lock:  # before anything is cleaned or created: the holder's temporaries are not stale
+        with disk_errors(vs.text):
+            held.enter_context(exclusive(output_lock_path(vs), f"output {vs.text}"))
+    try:
+        writer = _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_size, force, resumable)
+    except BaseException:
+        held.close()
+        raise
+    writer._lock = held
+    return writer
+
+
+def output_lock_path(spec: "str | os.PathLike | VolumeSpec") -> Path:
+    """The lock file of an output: ``.NAME.pytc-lock`` beside it (``.f.h5.KEY.pytc-lock`` for a
+    dataset of an HDF5 file, so different datasets of one file have different locks)."""
+    vs = spec if isinstance(spec, VolumeSpec) else parse_spec(spec)
+    path = vs.path.absolute()
+    if vs.format == "zarr" and vs.key is not None and path.is_dir():  # at the store's top: a/b may not exist
+        return lock_path_for(path / re.sub(r"[^\w.-]", "_", vs.key.strip("/")))
+    if vs.format == "hdf5":
+        key = re.sub(r"[^\w.-]", "_", (vs.key or DEFAULT_H5_KEY).strip("/"))
+        return lock_path_for(path.with_name(f"{path.name}.{key}"))
+    return lock_path_for(path)
+
+
+def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_size, force, resumable) -> VolumeWriter:
     fmt.clean_stale(final)
 
     exists = output_exists(vs)

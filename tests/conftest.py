@@ -49,3 +49,48 @@ def volume_factory(tmp_path):
         return _write_volume(f"{tmp_path}/{name or VOLUME_SPECS[fmt]}", data, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(size="1m")`` mounts a real tmpfs of that size (a real disk that fills up) and
+    returns its path; unmounted after the test. Skipped, with the reason, where this process may
+    not mount (not root, or a container without the capability): the simulated-ENOSPC tests in
+    test_faults.py still cover the handlers there."""
+    import os
+    import subprocess
+
+    mounts = []
+
+    def mount(size: str = "1m"):
+        where = tmp_path / f"small_fs{len(mounts)}"
+        where.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("a real full disk needs a tmpfs mount, which needs root")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill_up(folder, leave: int = 0) -> None:
+    """Fill the file system of ``folder`` until at most ``leave`` bytes are free."""
+    import os
+
+    with open(os.path.join(folder, ".filler"), "wb") as f:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+                if free <= leave:
+                    break
+                f.write(chunk[: max(1, min(len(chunk), free - leave))])
+                f.flush()
+        except OSError:
+            pass

@@ -91,3 +91,37 @@ def test_without_flock_a_dead_holder_on_this_host_is_stale(tmp_path, monkeypatch
     with pytest.raises(LockedError, match=f"if host elsewhere is gone, remove {lock}"):
         with exclusive(lock, "x"):
             pass
+
+
+def test_a_second_writer_of_one_output_is_refused(tmp_path):
+    import numpy as np
+
+    from pytc.io import create_volume, output_lock_path
+
+    out = tmp_path / "o.zarr"
+    with create_volume(out, (4, 8, 8), "uint8") as w:
+        assert output_lock_path(out).exists()
+        with pytest.raises(LockedError, match=f"output {out} is in use by pid {os.getpid()}"):
+            create_volume(out, (4, 8, 8), "uint8", force=True)
+        w[...] = 3
+    assert not output_lock_path(out).exists()
+    # different datasets of one HDF5 file have different locks
+    h5 = tmp_path / "f.h5"
+    assert output_lock_path(f"{h5}:a/b") != output_lock_path(f"{h5}:c")
+    with create_volume(f"{h5}:a", (2, 2, 2), "uint8") as a:
+        a[...] = 1
+        with pytest.raises(LockedError):
+            create_volume(f"{h5}:a", (2, 2, 2), "uint8", force=True)
+    assert np.asarray(__import__("pytc.io", fromlist=["x"]).open_volume(f"{h5}:a")[...]).sum() == 8
+
+
+def test_small_fs_is_a_real_full_disk(small_fs):
+    import errno
+
+    from conftest import fill_up
+
+    where = small_fs("256k")
+    fill_up(where)
+    with pytest.raises(OSError) as err:
+        (where / "x").write_bytes(b"1" * 8192)
+    assert err.value.errno == errno.ENOSPC
