@@ -11,11 +11,14 @@ helpers here. h5py and zarr are imported inside functions: importing this module
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +224,7 @@ class H5Reader:
             hint = f"it holds: {_listing(names)}" if names else "it holds no datasets"
             raise VolumeError(f"{path}:{key} is {what}; {hint}")
         self.key, self._ds = key.strip("/"), obj
+        _OPEN_READERS.add(self)
         self.shape, self.dtype, self.chunks = tuple(obj.shape), _native(obj.dtype), obj.chunks
         self.compression = obj.compression or next(
             (_H5_PLUGIN_NAMES.get(int(f), str(f)) for f in obj._filters if str(f).isdigit()), None
@@ -244,8 +248,32 @@ class H5Reader:
     def disk_bytes(self) -> int:
         return int(self._ds.id.get_storage_size())
 
+    def _open(self) -> None:
+        """Reopen after :func:`_readers_closed` (a dataset was added to this file meanwhile)."""
+        import h5py
+
+        self._file = h5py.File(self.path, "r")
+        self._ds = self._file[self.key]
+
     def close(self) -> None:
+        _OPEN_READERS.discard(self)
         self._file.close()
+
+
+# No raw-data chunk cache in writers: chunks go to disk as they are assigned, so a full disk fails
+# the write itself. With a cache, the failure comes at close() with up to a cache of dirty chunks
+# that can never be written, and HDF5 then crashes the process when it exits (a segfault). Writers
+# assign whole chunks (blocks are aligned to them), which the cache would not speed up anyway.
+_H5_CHUNK_CACHE = 0
+
+
+def _h5_close_quietly(file) -> None:
+    """Close an h5py file whose data is being discarded: a failure (a full disk refusing the last
+    flush) changes nothing, and the file is never closed a second time (HDF5 crashes on that)."""
+    try:
+        file.close()
+    except Exception:  # noqa: BLE001 - the file is deleted next; the error that led here is reported
+        pass
 
 
 def _h5_filter_kwargs(compression: str) -> dict:
@@ -264,41 +292,34 @@ def _h5_filter_kwargs(compression: str) -> dict:
 
 
 class H5Writer:
-    """Writes one dataset into a fresh file at ``tmp``, first copying ``base``'s other objects.
-    With ``resume``, reopens the dataset of an existing ``tmp`` instead (:class:`Incompatible` when
-    it is unreadable or differs in shape, dtype or chunks)."""
+    """Writes one dataset ``key`` into a file of its own at ``tmp`` (never into the target file: see
+    :func:`h5_commit`). With ``resume``, reopens the dataset of an existing ``tmp`` instead
+    (:class:`Incompatible` when it is unreadable or differs in shape, dtype or chunks)."""
 
-    def __init__(self, tmp: Path, shape, dtype, chunks, compression, voxel_size, *, key: str, base=None,
-                 resume=False):  # fmt: skip
+    def __init__(self, tmp: Path, shape, dtype, chunks, compression, voxel_size, *, key: str, resume=False):
         import h5py
 
         if resume:
             self._reopen(tmp, key, shape, dtype, chunks)
             return
         kwargs = _h5_filter_kwargs(compression)
-        self._file = h5py.File(tmp, "w")
+        self._path = tmp
+        self._file = h5py.File(tmp, "w", rdcc_nbytes=_H5_CHUNK_CACHE)
         try:
-            if base is not None:  # keep the target file's other datasets (the whole file is replaced)
-                with h5py.File(base, "r") as old:
-                    self._file.attrs.update(old.attrs)
-                    for name in old:
-                        if name != key:
-                            old.copy(old[name], self._file, name=name)
-                if key in self._file:
-                    del self._file[key]
             self._ds = self._file.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks, **kwargs)
             if voxel_size is not None:
                 self._ds.attrs["voxel_size"] = np.asarray(voxel_size, dtype=np.float64)
         except BaseException:
-            self._file.close()
+            _h5_close_quietly(self._file)
             raise
         self.chunks = self._ds.chunks
 
     def _reopen(self, tmp: Path, key: str, shape, dtype, chunks) -> None:
         import h5py
 
+        self._path = tmp
         try:
-            self._file = h5py.File(tmp, "r+")
+            self._file = h5py.File(tmp, "r+", rdcc_nbytes=_H5_CHUNK_CACHE)
         except OSError as err:  # e.g. a process killed in the middle of an HDF5 write
             raise Incompatible(_first_line(err)) from None
         ds = self._file.get(key)
@@ -324,9 +345,151 @@ class H5Writer:
         self._file.flush()
 
     def finish(self) -> None:
-        self._file.close()
+        if self._file is None:
+            return
+        self._file.flush()  # a full disk fails here, where abort() can still close the file safely
+        file, self._file = self._file, None
+        file.close()  # never twice: closing again after a close that failed segfaults
 
-    abort = finish
+    def abort(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):  # frees the disk, so that the close's last writes fit
+                os.truncate(self._path, 0)
+            _h5_close_quietly(file)
+
+
+# A keyed HDF5 write adds one dataset to a file other programs (and other pytc runs) may be adding
+# to as well, so it must never replace the file. The data is written into a file of its own (the
+# long part: the target stays closed meanwhile); the commit then, under an exclusive lock on the
+# target file, copies that dataset in (H5Ocopy: compressed chunks are copied raw, so it is quick)
+# under a temporary name and renames it to the key. Only an HDF5 write without a key, whose output
+# is the whole file, renames its file into place.
+COMMIT_WAIT_S = 600.0  # commits take seconds; a queue of a few writers of one file clears long before this
+_COMMIT_PREFIX = ".pytc-commit-"  # + the key in hex; a dataset of a killed commit, complete once linked
+
+
+def _commit_name(key: str) -> str:
+    return _COMMIT_PREFIX + key.strip("/").encode().hex()
+
+
+def _finish_killed_commits(file) -> None:
+    """Roll forward what a commit killed after its copy left: the copy is complete (HDF5 links a
+    copied object only once it is copied), so it becomes the key unless the key is there."""
+    for name in [n for n in file if n.startswith(_COMMIT_PREFIX)]:
+        try:
+            key = bytes.fromhex(name[len(_COMMIT_PREFIX):]).decode()
+        except ValueError:
+            key = None
+        if key and key not in file:
+            file.move(name, key)
+        else:
+            del file[name]
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _open_for_commit(path: Path, deadline: float, what: str):
+    """``path`` opened read-write; waits while other processes have it open (HDF5's own file lock)."""
+    import time
+
+    import h5py
+
+    told = False
+    while True:
+        try:
+            return h5py.File(path, "r+")
+        except BlockingIOError:  # "unable to lock file": another process reads or writes it
+            if time.monotonic() >= deadline:
+                raise VolumeError(f"cannot add {what}: another process keeps {path} open; close it, then rerun") \
+                    from None
+            if not told:
+                _note(f"waiting for other processes to close {path} (HDF5 file lock) ...")
+                told = True
+            time.sleep(0.2)
+
+
+def h5_commit(tmp: Path, final: Path, key: str, *, whole_file: bool, force: bool, what: str,
+              keep_tmp: bool = False) -> None:
+    """Move the dataset ``key`` of the finished file ``tmp`` into ``final`` (see the note above);
+    ``tmp`` is removed (on failure too, unless ``keep_tmp``: a resumable partial file). With
+    ``whole_file``, ``tmp`` replaces ``final``.
+
+    Raises:
+        OutputExistsError: ``final`` got ``key`` (or became a non-HDF5 file) meanwhile and not ``force``.
+        VolumeError: another process kept ``final`` open for longer than :data:`COMMIT_WAIT_S`.
+        LockedError: another commit held ``final`` for longer than that.
+    """
+    import time
+
+    import h5py
+
+    from pytc.errors import OutputExistsError
+    from pytc.locks import exclusive, lock_path_for
+
+    deadline = time.monotonic() + COMMIT_WAIT_S
+    on_wait = lambda holder: _note(f"waiting for {holder} to finish writing {final} ...")  # noqa: E731
+    with exclusive(lock_path_for(final), f"HDF5 file {final}", wait_s=COMMIT_WAIT_S, on_wait=on_wait):
+        if whole_file or not (final.exists() or final.is_symlink()):
+            swap_in(tmp, final)
+            return
+        if not h5py.is_hdf5(final):
+            if not force:
+                raise OutputExistsError(f"{final} is not an HDF5 file; pass --force to replace it with {what}")
+            swap_in(tmp, final)
+            return
+        need = tmp.stat().st_size + 2**20
+        disk = os.statvfs(final.parent)
+        if disk.f_bavail * disk.f_frsize < need:  # a copy that fails half-way leaves HDF5 unable to close
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+        with _readers_closed(final):  # this process may be reading another dataset of the file
+            target = _open_for_commit(final, deadline, what)
+            try:
+                _finish_killed_commits(target)
+                if key.strip("/") in target and not force:
+                    raise OutputExistsError(f"{what} was written by another program meanwhile; pass --force to "
+                                            "replace it")
+                name = _commit_name(key)
+                with h5py.File(tmp, "r") as src:
+                    target.copy(src[key], target, name=name)
+                target.flush()  # the copy is on disk before the old dataset goes
+                if key in target:
+                    del target[key]
+                target.move(name, key)
+                target.flush()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    if _commit_name(key) in target:
+                        del target[_commit_name(key)]
+                if not keep_tmp:  # room for the close's last writes (HDF5 crashes at exit if it fails)
+                    with contextlib.suppress(OSError):
+                        os.truncate(tmp, 0)
+                _h5_close_quietly(target)
+                raise
+            target.close()
+    remove_path(tmp)
+
+
+_OPEN_READERS: "weakref.WeakSet[H5Reader]" = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def _readers_closed(path: Path):
+    """Close this process's readers of ``path`` for the block and reopen them after: HDF5 refuses
+    to open a file for writing that the same process has open for reading."""
+    closed = []
+    for reader in list(_OPEN_READERS):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(reader.path, path):
+                reader._file.close()
+                closed.append(reader)
+    try:
+        yield
+    finally:
+        for reader in closed:
+            reader._open()
 
 
 # --------------------------------------------------------------------------------------- Zarr --

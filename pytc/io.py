@@ -216,12 +216,40 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _DISK_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def _disk_errno(err: OSError) -> int | None:
-    """The errno of a failed write: h5py puts it only into the message ("errno = 28")."""
-    if err.errno in _DISK_ERRNOS:
-        return err.errno
+FULL_BELOW = 16 * 2**20  # free bytes under which a write that failed without saying why failed for want of space
+
+
+def _disk_errno(err: BaseException, target: str | os.PathLike | None = None) -> int | None:
+    """The errno of a failed write. h5py puts it only into the message ("errno = 28"); numpy's
+    ``tofile`` (tifffile, zarr) raises ``OSError("N requested and M written")`` without one, and
+    h5py some ``RuntimeError`` without one: those count as a full disk only when the disk of
+    ``target`` is really (nearly) full."""
+    code = getattr(err, "errno", None)
+    if isinstance(err, OSError) and code in _DISK_ERRNOS:
+        return code
+    if not isinstance(err, (OSError, RuntimeError)):
+        return None
     found = re.search(r"errno = (\d+)", str(err))
-    return int(found[1]) if found and int(found[1]) in _DISK_ERRNOS else None
+    if found and int(found[1]) in _DISK_ERRNOS:
+        return int(found[1])
+    if code is None and target is not None and _free_bytes(target) < FULL_BELOW:
+        return errno.ENOSPC
+    return None
+
+
+def _free_bytes(target: str | os.PathLike) -> float:
+    """Free bytes on the file system of ``target`` (an address or a path; inf when unknown)."""
+    try:
+        here = parse_spec(target).path.absolute()
+    except VolumeError:
+        here = Path(os.fspath(target)).absolute()
+    while not here.is_dir() and here != here.parent:
+        here = here.parent
+    try:
+        disk = os.statvfs(here)
+    except OSError:
+        return math.inf
+    return disk.f_bavail * disk.f_frsize
 
 
 @contextlib.contextmanager
@@ -230,8 +258,8 @@ def disk_errors(target: str | os.PathLike):
     :class:`VolumeError`; other errors pass through."""
     try:
         yield
-    except OSError as err:
-        code = _disk_errno(err)
+    except (OSError, RuntimeError) as err:
+        code = _disk_errno(err, target)
         if code is None:
             raise
         advice = "free some space or choose another output" if code in _FULL_ERRNOS else "choose another output"
@@ -366,8 +394,9 @@ class VolumeWriter:
     """
 
     def __init__(self, backend, spec: VolumeSpec, shape, dtype, voxel_size, tmp: Path, final: Path,
-                 resumable: bool = False, resumed: bool = False):  # fmt: skip
+                 resumable: bool = False, resumed: bool = False, force: bool = False):  # fmt: skip
         self._backend, self._spec, self._tmp, self._final = backend, spec, tmp, final
+        self._force = force
         self.shape, self.dtype, self.voxel_size = tuple(shape), np.dtype(dtype), voxel_size
         self.chunks: tuple[int, ...] = tuple(backend.chunks)
         self.format = spec.format
@@ -436,7 +465,12 @@ class VolumeWriter:
             with disk_errors(self.spec):
                 self._backend.finish()
                 fmt.remove_path(_record_dir(self._tmp, self.format))
-                fmt.swap_in(self._tmp, self._final)
+                if self.format == "hdf5":  # see h5_commit: a dataset is added to the file, never the file replaced
+                    fmt.h5_commit(self._tmp, self._final, self._spec.key or DEFAULT_H5_KEY,
+                                  whole_file=self._spec.key is None, force=self._force, what=self.spec,
+                                  keep_tmp=self.resumable)
+                else:
+                    fmt.swap_in(self._tmp, self._final)
         except BaseException:
             self.suspend()  # a resumable partial store survives a failed rename; others are deleted
             raise
@@ -625,22 +659,23 @@ def output_lock_path(spec: "str | os.PathLike | VolumeSpec") -> Path:
     vs = spec if isinstance(spec, VolumeSpec) else parse_spec(spec)
     path = vs.path.absolute()
     if vs.format == "zarr" and vs.key is not None and path.is_dir():  # at the store's top: a/b may not exist
-        return lock_path_for(path / re.sub(r"[^\w.-]", "_", vs.key.strip("/")))
+        return lock_path_for(path / _safe_key(vs.key))
     if vs.format == "hdf5":
-        key = re.sub(r"[^\w.-]", "_", (vs.key or DEFAULT_H5_KEY).strip("/"))
-        return lock_path_for(path.with_name(f"{path.name}.{key}"))
+        return lock_path_for(path.with_name(f"{path.name}.{_safe_key(vs.key or DEFAULT_H5_KEY)}"))
     return lock_path_for(path)
 
 
 def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_size, force, resumable) -> VolumeWriter:
     fmt.clean_stale(final)
+    # The temporary of a new dataset in an HDF5 file is a file of its own named after the key
+    # (.f.h5.KEY.pytc-tmp-PID / .f.h5.KEY.pytc-partial), so writers of f.h5:A and f.h5:B never share one.
+    stem = final.with_name(f"{final.name}.{_safe_key(vs.key)}") if vs.format == "hdf5" and vs.key else final
+    if stem != final:
+        fmt.clean_stale(stem)
 
     exists = output_exists(vs)
     if vs.format == "hdf5":
-        writer, extra = fmt.H5Writer, {"key": vs.key or DEFAULT_H5_KEY, "base": None}
-        if vs.key is not None and final.is_file():  # maybe only a new dataset in the file
-            has_key = _h5_has_key(final, extra["key"])
-            extra["base"] = final if has_key is not None else None  # keep the file's other datasets
+        writer, extra = fmt.H5Writer, {"key": vs.key or DEFAULT_H5_KEY}
     elif vs.format == "zarr" and in_store:
         v2 = not (path / "zarr.json").exists() and any((path / f).exists() for f in (".zgroup", ".zarray"))
         writer, extra = fmt.ZarrWriter, {"store": path, "zarr_format": 2 if v2 else 3}
@@ -655,16 +690,16 @@ def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_
     if resumable:
         if vs.format not in ("hdf5", "zarr"):
             raise VolumeError(f"resumable writes need a Zarr or HDF5 destination; got {vs.text}")
-        tmp = final.with_name(f".{final.name}{PARTIAL_TAG}")
+        tmp = stem.with_name(f".{stem.name}{PARTIAL_TAG}")
         if tmp.exists():
             try:
                 backend = writer(tmp, shape, dtype, chunks, compression, voxel_size, **extra, resume=True)
-                return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final, True, True)
+                return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final, True, True, force=force)
             except fmt.Incompatible:
                 pass
         fmt.remove_path(_record_dir(tmp, vs.format))
     else:
-        tmp = final.with_name(f".{final.name}{fmt.TMP_TAG}{os.getpid()}")
+        tmp = stem.with_name(f".{stem.name}{fmt.TMP_TAG}{os.getpid()}")
     fmt.remove_path(tmp)
     try:
         with disk_errors(vs.text):
@@ -672,7 +707,12 @@ def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_
     except BaseException:
         fmt.remove_path(tmp)
         raise
-    return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final, resumable)
+    return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final, resumable, force=force)
+
+
+def _safe_key(key: str) -> str:
+    """An HDF5 key or Zarr path as a file-name part (``a/b`` → ``a_b``)."""
+    return re.sub(r"[^\w.-]", "_", key.strip("/"))
 
 
 # --------------------------------------------------------------------------- blockwise copies --
