@@ -1,0 +1,179 @@
+"""Data safety of volume I/O under concurrency, resumes, real full disks, broken files and odd paths.
+
+Where a guarantee is about processes or disks, the test uses real ones: `pytc convert` processes
+running at once or interrupted with SIGINT, and a real tmpfs that fills up (``small_fs``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import fill_up
+
+from pytc import io
+from pytc.errors import PytcError, VolumeError
+
+PYTC = [sys.executable, "-m", "pytc.cli"]
+
+
+def pytc(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*PYTC, *map(str, args)], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    """The single `Error: ...` line of a failed command (exit code 2, no traceback)."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (done.returncode, done.stderr)
+    return lines[0]
+
+
+def h5_datasets(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, o: out.__setitem__(name, o[...]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def noise(shape, seed, dtype=np.uint16) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+
+
+# ------------------------------------------------------------- HDF5 keyed writes keep the file --
+def test_two_concurrent_converts_into_one_hdf5_file_keep_both_datasets(tmp_path):
+    a, b = noise((32, 256, 256), 1), noise((32, 256, 256), 2)  # 4 MB each: gzip takes a while
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["a"], f["b"] = a, b
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["earlier"] = np.arange(10)
+    procs = [subprocess.Popen([*PYTC, "convert", f"{tmp_path / 'src.h5'}:{k}", f"{tmp_path / 'f.h5'}:{k.upper()}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in "ab"]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.startswith("Wrote"), err
+    got = h5_datasets(tmp_path / "f.h5")
+    assert sorted(got) == ["A", "B", "earlier"]
+    np.testing.assert_array_equal(got["A"], a)
+    np.testing.assert_array_equal(got["B"], b)
+    np.testing.assert_array_equal(got["earlier"], np.arange(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "src.h5"]
+
+
+def test_resumed_hdf5_write_keeps_a_dataset_added_to_the_file_meanwhile(tmp_path):
+    target = tmp_path / "f.h5"
+    with h5py.File(target, "w") as f:
+        f["raw"] = np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16)
+    out = io.create_volume(f"{target}:pred", (8, 16, 16), np.uint8, chunks=(4, 16, 16), resumable=True)
+    out[:4] = 1
+    out.suspend()
+    with h5py.File(target, "a") as f:  # another program adds a dataset while the write is interrupted
+        f["added"] = np.full(5, 7)
+    out = io.create_volume(f"{target}:pred", (8, 16, 16), np.uint8, chunks=(4, 16, 16), resumable=True)
+    assert out.resumed
+    out[4:] = 2
+    out.commit()
+    got = h5_datasets(target)
+    assert sorted(got) == ["added", "pred", "raw"]
+    np.testing.assert_array_equal(got["added"], np.full(5, 7))
+    np.testing.assert_array_equal(got["pred"], np.repeat([1, 2], 4)[:, None, None] * np.ones((8, 16, 16), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+
+
+def test_resumable_writers_of_two_datasets_of_one_file_have_their_own_partial_files(tmp_path):
+    target = tmp_path / "f.h5"
+    first = io.create_volume(f"{target}:A", (4, 8, 8), np.uint8, resumable=True)
+    first[...] = 1
+    first.suspend()
+    second = io.create_volume(f"{target}:B", (4, 8, 8), np.uint8, resumable=True)
+    assert not second.resumed and second.partial_path != first.partial_path  # B does not pick up A's data
+    second[...] = 2
+    second.commit()
+    first = io.create_volume(f"{target}:A", (4, 8, 8), np.uint8, resumable=True)
+    assert first.resumed and (first[...] == 1).all()
+    first.commit()
+    got = h5_datasets(target)
+    assert (got["A"] == 1).all() and (got["B"] == 2).all()
+
+
+def test_reading_one_dataset_and_writing_another_of_the_same_hdf5_file_in_one_process(tmp_path):
+    target = tmp_path / "f.h5"
+    raw = noise((8, 32, 32), 3)
+    with h5py.File(target, "w") as f:
+        f["raw"] = raw
+    with io.open_volume(f"{target}:raw") as src:  # what `pytc infer f.h5:raw -o f.h5:pred` does
+        with io.create_volume(f"{target}:pred", src.shape, src.dtype) as out:
+            out[...] = src[...] // 2
+        np.testing.assert_array_equal(src[:2], raw[:2])  # the input still reads after the commit
+    io.convert(f"{target}:raw", f"{target}:copy", progress=False)
+    got = h5_datasets(target)
+    np.testing.assert_array_equal(got["pred"], raw // 2)
+    np.testing.assert_array_equal(got["copy"], raw)
+
+
+def test_a_commit_killed_after_its_copy_is_finished_by_the_next_writer(tmp_path):
+    target = tmp_path / "f.h5"
+    with h5py.File(target, "w") as f:  # what a commit of f.h5:pred killed before its rename leaves
+        f["raw"] = np.arange(4)
+        f[".pytc-commit-" + "pred".encode().hex()] = np.arange(3)
+        f[".pytc-commit-" + "raw".encode().hex()] = np.zeros(2)  # raw is there: this one is dropped
+    io.convert(f"{target}:raw", f"{target}:other", progress=False)
+    got = h5_datasets(target)
+    assert sorted(got) == ["other", "pred", "raw"]
+    np.testing.assert_array_equal(got["pred"], np.arange(3))
+
+
+# ----------------------------------------------------------------------- real full disks --
+@pytest.fixture
+def big_source(tmp_path) -> Path:
+    """1.5 MB of incompressible voxels: more than the 1 MB test file system holds."""
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        f["raw"] = noise((24, 128, 256), 4, np.uint8)
+    return tmp_path / "r.h5"
+
+
+@pytest.mark.parametrize("leave", [0, 100_000])
+@pytest.mark.parametrize("dst", ["o.h5", "o.h5:k", "o.zarr", "o.tif"])
+def test_convert_onto_a_real_full_disk_is_one_line_and_leaves_nothing(small_fs, big_source, dst, leave):
+    where = small_fs("1m")
+    fill_up(where, leave=leave)
+    before = sorted(os.listdir(where))
+    done = pytc("convert", f"{big_source}:raw", f"{where}/{dst}", "--compression", "none")
+    line = one_line(done)  # no segfault (rc 139), no traceback
+    assert f"cannot write {where}/{dst} (No space left on device); free some space" in line
+    assert sorted(os.listdir(where)) == before
+
+
+@pytest.mark.parametrize("leave", [900_000, 300_000])
+def test_adding_a_dataset_to_an_hdf5_file_on_a_real_full_disk_keeps_the_file(small_fs, tmp_path, leave):
+    where = small_fs("2m")
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        f["raw"] = noise((8, 128, 256), 5, np.uint8)  # 256 KB: the partial file fits, a second copy may not
+    with h5py.File(where / "o.h5", "w") as f:
+        f["x"] = np.arange(10)
+    fill_up(where, leave=leave)
+    before = sorted(os.listdir(where))
+    line = one_line(pytc("convert", f"{tmp_path / 'r.h5'}:raw", f"{where}/o.h5:k", "--compression", "none"))
+    assert "(No space left on device)" in line
+    assert sorted(os.listdir(where)) == before
+    got = h5_datasets(where / "o.h5")
+    assert sorted(got) == ["x"] and (got["x"] == np.arange(10)).all()
+
+
+def test_errno_less_write_errors_are_a_full_disk_only_when_the_disk_is_full(small_fs, tmp_path):
+    where = small_fs("1m")
+    fill_up(where, leave=0)
+    numpy_error = OSError("16384 requested and 11936 written")  # numpy's tofile gives no errno
+    for err in (numpy_error, RuntimeError("Can't decrement id ref count (unable to flush file)")):
+        with pytest.raises(VolumeError, match=r"cannot write .*o.zarr \(No space left on device\)"):
+            with io.disk_errors(f"{where}/o.zarr"):
+                raise err
+        with pytest.raises(type(err)):  # a disk with room: not a disk error, the traceback stays
+            with io.disk_errors(f"{tmp_path}/o.zarr"):
+                raise err
