@@ -440,7 +440,7 @@ def h5_commit(tmp: Path, final: Path, key: str, *, whole_file: bool, force: bool
                 raise OutputExistsError(f"{final} is not an HDF5 file; pass --force to replace it with {what}")
             swap_in(tmp, final)
             return
-        need = tmp.stat().st_size + 2**20
+        need = tmp.stat().st_size + 2**16  # the copy: its chunks, index and header, as in tmp
         disk = os.statvfs(final.parent)
         if disk.f_bavail * disk.f_frsize < need:  # a copy that fails half-way leaves HDF5 unable to close
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
