@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 import warnings
 from collections import deque
@@ -74,6 +75,7 @@ PARTIAL_TAG = ".pytc-partial"  # suffix of a resumable writer's partial store (n
 RECORD_DIR = ".pytc-record"  # the bookkeeping folder of a partial store
 BLOCK_BYTES = 16 * 2**20  # one copy block: big enough to keep every core compressing, small in RAM
 MAX_BLOCK_BYTES = 128 * 2**20  # ...unless source and destination chunks disagree (see _copy_plan)
+SLAB_BYTES = 4 * 2**20  # one write inside a copy block: the most a copy writes after Ctrl-C
 WORKERS = max(2, min(4, os.cpu_count() or 2))  # reads overlap writes even on 2 cores
 
 _ZARR_RE = re.compile(r"^(?P<path>.*?\.zarr)(?:[/:](?P<key>.*))?$", re.IGNORECASE)
@@ -781,9 +783,14 @@ def _progress(show: bool, description: str, total: int):
         yield lambda n: bar.advance(task, n)
 
 
-def _map_blocks(task: Callable, blocks, itemsize: int, show: bool, description: str, total: int):
+def _map_blocks(task: Callable, blocks, itemsize: int, show: bool, description: str, total: int,
+                stop: threading.Event | None = None):
     """Run ``task(sel)`` over blocks on a small thread pool (reads overlap compression, which
-    releases the GIL); yields results in order. At most 2×WORKERS blocks are queued at once."""
+    releases the GIL); yields results in order. At most 2×WORKERS blocks are queued at once.
+
+    When the caller stops early (an error, Ctrl-C) the queued blocks are cancelled and ``stop`` is
+    set, so that tasks that check it return at once: the pool waits for its running tasks before
+    the caller may delete what they write to."""
     pending: deque = deque()
     with _progress(show, description, total) as advance, ThreadPoolExecutor(WORKERS, "pytc-io") as pool:
         try:
@@ -798,6 +805,8 @@ def _map_blocks(task: Callable, blocks, itemsize: int, show: bool, description: 
                 yield future.result()
                 advance(math.prod(s.stop - s.start for s in done) * itemsize)
         finally:
+            if stop is not None:
+                stop.set()
             for future, _ in pending:
                 future.cancel()
 
@@ -850,13 +859,23 @@ def convert(
                 warnings.warn(f"{out.format} has no attributes: {', '.join(sorted(attrs))} of {source.spec} are "
                               "not copied; convert to Zarr or HDF5 to keep them", stacklevel=2)
 
+            stop = threading.Event()  # set on Ctrl-C or an error: running copies end after their current slab
+
             def copy(sel):
-                out[sel] = source[sel[1:]] if flat else source[sel]
+                if stop.is_set():
+                    return
+                data = source[sel[1:]][None] if flat else source[sel]
+                # A block is read at once (each source chunk decoded once) but written slab by slab,
+                # so that Ctrl-C stops a copy of a 128 MB block within a fraction of a second.
+                for part in iter_blocks(data.shape, out.chunks, itemsize, SLAB_BYTES):
+                    if stop.is_set():
+                        return
+                    out[tuple(slice(s.start + p.start, s.start + p.stop) for s, p in zip(sel, part))] = data[part]
 
             unit, max_bytes = _copy_plan(src_chunks, out.chunks, shape, itemsize)
             blocks = iter_blocks(shape, unit, itemsize, max_bytes)
             label = f"convert → {Path(os.fspath(dst)).name}"
-            for _ in _map_blocks(copy, blocks, itemsize, progress, label, source.nbytes):
+            for _ in _map_blocks(copy, blocks, itemsize, progress, label, source.nbytes, stop):
                 pass
     return {
         "src": os.fspath(src),

@@ -181,3 +181,23 @@ def test_errno_less_write_errors_are_a_full_disk_only_when_the_disk_is_full(smal
         with pytest.raises(type(err)):  # a disk with room: not a disk error, the traceback stays
             with io.disk_errors(f"{tmp_path}/o.zarr"):
                 raise err
+
+
+# ------------------------------------------------------------------------------------ Ctrl-C --
+def test_ctrl_c_stops_a_zarr_convert_at_once_and_leaves_nothing(tmp_path):
+    # Page-shaped source chunks into 64³ destination chunks: 128 MB copy blocks, seconds of work each.
+    with h5py.File(tmp_path / "pages.h5", "w") as f:
+        f.create_dataset("raw", data=noise((64, 1024, 1024), 6), chunks=(1, 1024, 1024))
+    proc = subprocess.Popen([*PYTC, "convert", f"{tmp_path / 'pages.h5'}:raw", str(tmp_path / "out.zarr")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".out.zarr.pytc-tmp-") and any(p.rglob("c/*")) for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - start
+    assert proc.returncode == 130 and "Wrote" not in out, (proc.returncode, out, err)
+    assert took < 2.0, f"took {took:.1f} s to stop"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pages.h5"]
