@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 import weakref
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,11 @@ def _native(dtype) -> np.dtype:
 def _listing(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _dtype_text(dtype, limit: int = 80) -> str:
+    text = str(dtype)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _first_line(err: BaseException) -> str:
@@ -223,6 +229,11 @@ class H5Reader:
             what = "a group, not a dataset" if obj is not None else "no such dataset"
             hint = f"it holds: {_listing(names)}" if names else "it holds no datasets"
             raise VolumeError(f"{path}:{key} is {what}; {hint}")
+        if obj.dtype.kind not in "biufc":  # compound records, strings, objects: not an image
+            self._file.close()
+            what = "a compound" if obj.dtype.names else "a non-numeric"
+            raise VolumeError(f"{path}:{key.strip('/')} has {what} dtype ({_dtype_text(obj.dtype)}); pytc reads "
+                              "numeric volumes: name a dataset of numbers")
         self.key, self._ds = key.strip("/"), obj
         _OPEN_READERS.add(self)
         self.shape, self.dtype, self.chunks = tuple(obj.shape), _native(obj.dtype), obj.chunks
@@ -625,10 +636,17 @@ class ZarrReader:
         raise VolumeError(f"{path} has no array '{key}'; {hint}") from None
 
     def read(self, sel) -> np.ndarray:
-        return np.asarray(self._arr[sel])
+        try:
+            return np.asarray(self._arr[sel])
+        except (OSError, EOFError, ValueError, RuntimeError, zlib.error) as err:  # gzip, zstd, blosc, a short chunk
+            raise VolumeError(
+                f"cannot read {self.path}/{self.key} ({type(err).__name__}: {_first_line(err)}); a chunk file is "
+                "corrupted or truncated: copy the store again"
+            ) from None
 
     def disk_bytes(self) -> int:
-        return _dir_bytes(self.path / self.key) if (self.path / self.key).exists() else _dir_bytes(self.path)
+        inner = self.path / self.key if self.key else self.path  # a store that is itself an array has no key
+        return _dir_bytes(inner) if inner.exists() else _dir_bytes(self.path)
 
     def close(self) -> None:
         pass

@@ -105,8 +105,17 @@ def parse_spec(spec: str | os.PathLike) -> VolumeSpec:
     for name, regex in (("zarr", _ZARR_RE), ("hdf5", _H5_RE)):
         match = regex.match(text)
         if match:
-            key = (match["key"] or "").strip("/") or None
-            return VolumeSpec(text, name, Path(match["path"]), key)
+            path, key = match["path"], match["key"]
+            if key is not None and text[len(path)] == ":":  # a file or folder named "z.zarr:x" itself?
+                slash = text.find("/", len(path))  # a Zarr key may go on inside such a folder
+                whole = text if name == "hdf5" or slash < 0 else text[:slash]
+                if os.path.lexists(whole):
+                    path, key = whole, text[len(whole) + 1 :]
+            key = (key or "").strip("/") or None
+            if key is not None and any(part in (".", "..") for part in key.split("/")):
+                raise VolumeError(f"{text}: {'a dataset' if name == 'hdf5' else 'an array'} path may not contain "
+                                  "'.' or '..'; name it from the top of the file or store")
+            return VolumeSpec(text, name, Path(path), key)
     path = Path(text)
     if path.suffix.lower() in (".tif", ".tiff"):
         return VolumeSpec(text, "tiff", path)

@@ -6,6 +6,7 @@ running at once or interrupted with SIGINT, and a real tmpfs that fills up (``sm
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -201,3 +202,63 @@ def test_ctrl_c_stops_a_zarr_convert_at_once_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130 and "Wrote" not in out, (proc.returncode, out, err)
     assert took < 2.0, f"took {took:.1f} s to stop"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pages.h5"]
+
+
+# ------------------------------------------------------------------- broken files, odd paths --
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def small_h5(tmp_path) -> Path:
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["raw"] = np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8)
+    return tmp_path / "src.h5"
+
+
+def test_a_corrupt_zarr_chunk_is_one_line_when_converting_or_describing(tmp_path, small_h5):
+    io.convert(f"{small_h5}:raw", tmp_path / "c.zarr", chunks=(2, 4, 4), progress=False)
+    chunk = next(p for p in sorted((tmp_path / "c.zarr").rglob("*")) if p.is_file() and p.parent.name != "c.zarr"
+                 and p.name != "zarr.json")
+    chunk.write_bytes(b"\x1f\x8b not gzip at all" * 8)  # a gzip header, then garbage: BadGzipFile
+    before = tree(tmp_path)
+    for argv in (["convert", tmp_path / "c.zarr", tmp_path / "out.h5"], ["info", "--stats", tmp_path / "c.zarr"]):
+        line = one_line(pytc(*argv))
+        assert f"cannot read {tmp_path / 'c.zarr'}/0 (BadGzipFile" in line and "corrupted or truncated" in line
+    assert tree(tmp_path) == before
+
+
+def test_a_compound_dtype_hdf5_input_is_refused_in_one_line(tmp_path):
+    with h5py.File(tmp_path / "rec.h5", "w") as f:
+        f["rec"] = np.zeros((2, 3, 4), np.dtype([("a", "<i4"), ("b", "<f8")]))
+    before = tree(tmp_path)
+    for argv in (["convert", tmp_path / "rec.h5", tmp_path / "out.zarr"], ["info", f"{tmp_path / 'rec.h5'}:rec"]):
+        line = one_line(pytc(*argv))
+        assert f"{tmp_path / 'rec.h5'}:rec has a compound dtype" in line and "pytc reads numeric volumes" in line
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("dst", ["x.zarr/..", "x.zarr/.", "x.zarr/a/../..", "f.h5:.."])
+def test_an_output_that_climbs_out_of_its_store_is_refused_even_with_force(tmp_path, small_h5, dst):
+    work = tmp_path / "work"
+    work.mkdir()
+    io.convert(f"{small_h5}:raw", work / "x.zarr", progress=False)
+    before = tree(tmp_path)
+    line = one_line(pytc("convert", f"{small_h5}:raw", f"{work}/{dst}", "--force"))
+    assert "may not contain '.' or '..'" in line
+    assert tree(tmp_path) == before
+
+
+def test_a_folder_named_with_a_colon_is_read_as_itself(tmp_path, small_h5):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "z.zarr:x"), mode="w")  # no z.zarr: a store named z.zarr:x
+    group.create_array("a", shape=(4, 8, 8), dtype="u2", chunks=(4, 8, 8))[...] = 1
+    done = pytc("info", "--json", tmp_path / "z.zarr:x")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert (info["path"], info["key"], info["shape"]) == (str(tmp_path / "z.zarr:x"), "a", [4, 8, 8])
+    io.convert(f"{small_h5}:raw", f"{tmp_path / 'z.zarr:x'}/extra", progress=False)  # an array inside it
+    with io.open_volume(f"{tmp_path / 'z.zarr:x'}/extra") as vol:
+        assert vol.path == tmp_path / "z.zarr:x" and vol.key == "extra" and int(vol[...].sum()) == 32640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.h5", "z.zarr:x"]
