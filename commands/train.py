@@ -6,6 +6,7 @@ Multi-GPU / multi-process: run the same command through Accelerate's launcher, e
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -30,7 +31,8 @@ def train(
 ) -> None:
     """Train a model from a YAML config.
 
-    Writes RUN_DIR/config.yaml, metrics.jsonl, previews/ and checkpoints/ (best, last, step-*).
+    Writes RUN_DIR/config.yaml (config.resolved.yaml when RUN_DIR/config.yaml is CONFIG itself), metrics.jsonl,
+    previews/ and checkpoints/ (best, last, step-*). One run at a time per RUN_DIR.
     Multi-GPU: accelerate launch --num_processes N $(which pytc) train CONFIG [OVERRIDES...]
     """
     from pytc.config import load_config
@@ -40,7 +42,12 @@ def train(
 
     cfg = load_config(config, overrides)
     run_dir = run_dir or cfg.system.output_dir or str(Path("runs") / Path(config).stem)
-    summary = fit(cfg, run_dir=run_dir, resume=resume, fast_dev_run=fast_dev_run)
+    try:
+        summary = fit(cfg, run_dir=run_dir, resume=resume, fast_dev_run=fast_dev_run, inputs=[config])
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # one hint, not one per process under accelerate launch
+            typer.echo(f"Interrupted: {_continue_hint(run_dir, resume)}", err=True)
+        raise typer.Exit(130) from None
     if summary.get("is_main_process", True):
         finished = summary.get("already_finished", False)
         metrics = (", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
@@ -51,3 +58,15 @@ def train(
         note = ("  [already finished]" if finished else "  [stopped early]" if summary["stopped_early"]
                 else "  [time limit]" if summary["out_of_time"] else "")
         typer.echo(f"Final metrics: {metrics}{note}")
+
+
+def _continue_hint(run_dir: str, resume: Optional[str]) -> str:
+    """Where an interrupted run can continue from, and how."""
+    from pytc.engine import find_resume_checkpoint
+
+    last = find_resume_checkpoint(run_dir)
+    if last is not None:
+        return f"the last checkpoint is {last}; continue with --resume auto (and --run-dir {run_dir})"
+    if resume not in (None, "auto"):
+        return f"no checkpoint saved in {run_dir} yet; rerun the same command (--resume {resume}) to start again"
+    return f"no checkpoint saved in {run_dir} yet; rerun the same command (--resume auto is safe) to start again"

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 from pytc._io_formats import pid_alive
-from pytc.errors import CheckpointError
+from pytc.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -72,8 +73,44 @@ def is_complete(path: PathLike) -> bool:
 
 
 def read_meta(path: PathLike) -> dict:
-    """The ``meta.json`` of a checkpoint folder."""
-    return json.loads((Path(path) / META).read_text())
+    """The ``meta.json`` of a checkpoint folder.
+
+    Raises:
+        CheckpointError: it is not a JSON object whose ``step`` matches the folder's name (one line).
+    """
+    path = Path(path)
+    meta, why = _meta_or_problem(path)
+    if why:
+        raise CheckpointError(f"checkpoint {path} is damaged ({META}: {why}); move it out of {path.parent} "
+                              "(or put back a good copy), then rerun")
+    return meta
+
+
+def _meta_or_problem(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """``(meta, None)``, or ``(None, what is wrong with it)``."""
+    try:
+        meta = json.loads((path / META).read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return None, f"not readable JSON: {_first_line(err)}"
+    if not isinstance(meta, dict):
+        return None, f"a JSON {type(meta).__name__}, not an object"
+    step = _step(path)
+    if step is not None and meta.get("step") != step:
+        return None, f"its step is {meta.get('step')!r}, the folder's is {step}"
+    return meta, None
+
+
+def _step(path: Path) -> Optional[int]:
+    """The step in a ``step-NNNNNN`` folder name (None for other names)."""
+    found = _NAME.fullmatch(path.name)
+    return int(found[1]) if found else None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]
 
 
 def list_checkpoints(ckpt_dir: PathLike) -> list[Path]:
@@ -228,13 +265,10 @@ def save_checkpoint(
         meta = {"name": name, "step": step, "pytc_version": __version__, **meta}
         (tmp / META).write_text(json.dumps(meta, indent=1, default=float) + "\n")  # last: marks the folder complete
     except BaseException as err:
+        reason = _disk_fault(err, ckpt_dir)  # before the clean-up, which frees the space it would measure
         shutil.rmtree(tmp, ignore_errors=True)  # (a SIGKILL skips this: clean_stale removes it on the next run)
-        if isinstance(err, OSError):  # disk full, quota, read-only: the earlier checkpoints are intact
-            last = find_resume_checkpoint(ckpt_dir.parent)
-            raise CheckpointError(
-                f"cannot write checkpoint {final} ({err.strerror or err}); free some space and rerun with "
-                f"--resume auto (newest complete checkpoint: {last.name if last else 'none'})"
-            ) from None
+        if reason:  # disk full, quota, read-only: the earlier checkpoints are intact
+            raise CheckpointError(f"cannot write checkpoint {final} ({reason}); {_free_and_resume(ckpt_dir)}") from None
         raise
     if final.exists():  # re-saving a step (e.g. after a resume): set the old folder aside, then swap
         old = ckpt_dir / f".tmp-old-{name}-{os.getpid()}"
@@ -246,6 +280,37 @@ def save_checkpoint(
     return final
 
 
+def _disk_fault(err: BaseException, folder: Path) -> Optional[str]:
+    """Why a write into ``folder`` failed when the disk is to blame (``"No space left on device"``), else None.
+
+    A full disk does not always say so: safetensors puts the errno only into its message
+    (``... Os { code: 28, kind: StorageFull ...``) and ``torch.save`` raises an errno-less
+    ``RuntimeError`` (``file write failed``). An errno-less failure counts as a full disk when the
+    disk really is (nearly) full (``pytc.io.FULL_BELOW``, the threshold every writer uses).
+    """
+    from safetensors import SafetensorError
+
+    from pytc.io import FULL_BELOW
+
+    if isinstance(err, OSError) and err.errno:
+        return err.strerror or os.strerror(err.errno)
+    if not isinstance(err, (OSError, RuntimeError, SafetensorError)):
+        return None
+    found = re.search(r"(?:code: |errno = )(\d+)", str(err))
+    if found:
+        return os.strerror(int(found[1]))
+    try:
+        full = shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return None
+    return os.strerror(errno.ENOSPC) if full else None
+
+
+def _free_and_resume(ckpt_dir: Path) -> str:
+    last = find_resume_checkpoint(ckpt_dir.parent)
+    return f"free some space and rerun with --resume auto (newest complete checkpoint: {last.name if last else 'none'})"
+
+
 def write_pointer(ckpt_dir: PathLike, pointer: str, target: Optional[Path]) -> None:
     """Point ``ckpt_dir/<pointer>`` (``last``/``best``) at ``target`` atomically; ``None`` removes it."""
     path = Path(ckpt_dir) / pointer
@@ -253,8 +318,15 @@ def write_pointer(ckpt_dir: PathLike, pointer: str, target: Optional[Path]) -> N
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(f".tmp-{pointer}-{os.getpid()}")
-    tmp.write_text(Path(target).name + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(Path(target).name + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        reason = _disk_fault(err, Path(ckpt_dir))
+        tmp.unlink(missing_ok=True)
+        if not reason:
+            raise
+        raise CheckpointError(f"cannot write {path} ({reason}); {_free_and_resume(Path(ckpt_dir))}") from None
 
 
 def rank_checkpoints(ckpt_dir: PathLike, monitor: str, mode: str) -> list[Path]:
@@ -335,6 +407,11 @@ def load_weights(path: PathLike) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path = Path(path)
+    if not path.exists():
+        folder = path.parent
+        raise CheckpointError(f"checkpoint {folder} has no {path.name} (the file is missing: deleted, or not copied "
+                              "with the folder); copy the whole checkpoint folder again or use another checkpoint")
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as err:
@@ -387,7 +464,9 @@ def load_training_state(path: PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} has no {STATE}; it cannot be resumed (it still works for inference)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError) as err:  # cut short or overwritten: not an attack, just broken
+        raise CheckpointError(f"checkpoint {path} is damaged ({STATE}: {_first_line(err)}); use another checkpoint") from None
+    except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"Unsupported (?:global|operand)[^.]*", text)  # torch's reason, without its advice
         reason = found[0] if found else (text.strip().splitlines() or [type(err).__name__])[0]
@@ -399,6 +478,62 @@ def load_training_state(path: PathLike) -> dict:
         raise CheckpointError(f"{file} has training-state format {version}, this pytc reads {STATE_FORMAT}; "
                               "resume with the pytc version that wrote it")
     return state
+
+
+def open_for_resume(path: PathLike, ckpt_dir: Optional[PathLike] = None) -> dict:
+    """Check checkpoint ``path`` before a run resumes from it, and return its training state.
+
+    Every file a resume reads is checked now, before anything is trained, rather than at the next
+    save: ``meta.json`` (a JSON object with the folder's step), the weights (present, readable
+    safetensors headers; ``model_raw.safetensors`` too when the run kept an EMA), ``config.yaml``
+    and ``training_state.pt`` (and that its step is the folder's). So are the ``meta.json`` files of
+    the run's other checkpoints up to that step (``ckpt_dir``): every save ranks them.
+
+    Raises:
+        CheckpointError: one line naming the damaged or missing file, and the newest earlier
+            checkpoint to resume from instead.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    meta, why = _meta_or_problem(path)
+    problem = f"is damaged ({META}: {why})" if why else None
+    if problem is None:
+        needed = [WEIGHTS, *([RAW_WEIGHTS] if meta.get("ema") else []), CONFIG, STATE]
+        missing = [name for name in needed if not (path / name).is_file()]
+        if missing:
+            problem = f"is missing {', '.join(missing)} (deleted, or not copied with the folder)"
+    for name in needed if problem is None else []:
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(str(path / name), framework="pt") as f:
+                    f.keys()
+            except (SafetensorError, OSError) as err:
+                problem = f"is damaged ({name}: {_first_line(err)})"
+                break
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} {problem}; {_earlier(path)}")
+    try:
+        read_config(path)
+        state = load_training_state(path)
+    except (CheckpointError, ConfigError) as err:
+        raise CheckpointError(f"{err}; or {_earlier(path)}") from None
+    if state.get("step") != meta["step"]:
+        raise CheckpointError(f"checkpoint {path} is damaged ({STATE} is of step {state.get('step')!r}, {META} of "
+                              f"step {meta['step']}); {_earlier(path)}")
+    for other in list_checkpoints(ckpt_dir) if ckpt_dir is not None else []:
+        if other != path and _step(other) <= meta["step"]:
+            read_meta(other)  # a damaged one is named, with what to do
+    return state
+
+
+def _earlier(path: Path) -> str:
+    """How to resume instead of from damaged checkpoint ``path``: from the newest earlier one that reads."""
+    step = _step(path)
+    for earlier in reversed(list_checkpoints(path.parent)):
+        if step is not None and _step(earlier) < step and _meta_or_problem(earlier)[1] is None:
+            return f"resume from the one before with --resume {earlier}"
+    return "there is no earlier checkpoint: start a new run (another --run-dir), or put back a good copy"
 
 
 def read_config(path: PathLike) -> "PytcConfig":

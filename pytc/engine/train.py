@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import json
@@ -52,7 +53,8 @@ _clock = time.monotonic  # training.max_minutes's clock (tests move it)
 
 
 def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
-        resume: Optional[Union[str, os.PathLike]] = None, fast_dev_run: bool = False) -> dict:
+        resume: Optional[Union[str, os.PathLike]] = None, fast_dev_run: bool = False,
+        inputs: Iterable[Union[str, os.PathLike]] = ()) -> dict:
     """Train a model as ``cfg`` says; write the run directory; return a summary.
 
     Args:
@@ -62,6 +64,12 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         resume: ``"auto"`` (the newest complete checkpoint of ``run_dir``, or a fresh start if there
             is none) or a checkpoint path. Resuming on CPU reproduces an uninterrupted run bit for bit.
         fast_dev_run: Smoke test: one optimizer step, one validation volume, one checkpoint.
+        inputs: Files the run reads and must never overwrite (the config file). When ``RUN/config.yaml``
+            is one of them (``pytc train RUN/config.yaml --run-dir RUN``), the resolved config is
+            written to ``RUN/config.resolved.yaml`` instead.
+
+    The run holds an exclusive lock on ``RUN/.pytc-lock`` (main process only) from before it reads the
+    folder until it returns: a second ``fit`` into the same folder is refused, naming the holder.
 
     Returns:
         ``{"run_dir", "step", "steps_this_run", "best_checkpoint", "last_checkpoint", "metrics",
@@ -73,8 +81,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
     Raises:
         PytcError: configuration mistakes (out_channels vs targets, unknown monitor), a run
-            directory that already has checkpoints (pass ``resume``), an incompatible checkpoint, or a
-            loss that became NaN/inf.
+            directory that already has checkpoints (pass ``resume``) or that another process is
+            training into, an incompatible or damaged checkpoint, or a loss that became NaN/inf.
     """
     import torch
     from accelerate import Accelerator
@@ -98,12 +106,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
     run_dir = Path(run_dir or cfg.system.output_dir or "runs/pytc")
     ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
     check_writable(run_dir, folder=True)  # a file in the way, a read-only folder: say so before any work
-    resume_from = _resume_checkpoint(resume, run_dir)
-    if resume_from is None and ckpt.list_checkpoints(ckpt_dir):
-        raise OutputExistsError(
-            f"run directory {run_dir} already has checkpoints; pass --resume auto to continue it, or "
-            "choose another --run-dir / system.output_dir"
-        )
+    config_file = _config_destination(run_dir, inputs)
     total_steps = 1 if fast_dev_run else (tc.max_steps or tc.max_epochs * tc.iters_per_epoch)
     deadline = None if tc.max_minutes is None or fast_dev_run else _clock() + tc.max_minutes * 60
     started = time.monotonic()  # for the progress bar's share of the time limit
@@ -114,6 +117,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
     cpu = use_cpu(cfg.system.num_gpus)
     precision = resolve_precision(tc.precision, "cpu" if cpu else "cuda", training=True)
     tensorboard = cfg.logging.tensorboard and _tensorboard_available()
+    stack = contextlib.ExitStack()  # the run folder's lock, held until fit returns
     accelerator = Accelerator(
         cpu=cpu, mixed_precision=accelerate_mixed_precision(precision),
         gradient_accumulation_steps=tc.accumulate_grad_batches, step_scheduler_with_optimizer=False,
@@ -121,6 +125,17 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
     )
     try:
         main = accelerator.is_main_process
+        # One run per folder: a second process (a scheduler's requeue, a second terminal) is refused
+        # before it reads or touches anything there.
+        stack.enter_context(_run_dir_lock(run_dir, accelerator))
+        resume_from = _resume_checkpoint(resume, run_dir)
+        if resume_from is None and ckpt.list_checkpoints(ckpt_dir):
+            raise OutputExistsError(
+                f"run directory {run_dir} already has checkpoints; pass --resume auto to continue it, or "
+                "choose another --run-dir / system.output_dir"
+            )
+        # A damaged checkpoint is refused now, naming the one before, not at the next save.
+        state = ckpt.open_for_resume(resume_from, ckpt_dir) if resume_from is not None else None
         # Processes share the machine's cores: more threads than cores makes every process slower.
         setup_threads(max(1, cfg.system.num_cpus // accelerator.num_processes))
         if not cpu:
@@ -150,9 +165,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
         # ---- resume: weights, optimizer, scheduler, EMA, scaler, counters (RNG last, just before the loop)
         step, es = 0, {"best": None, "bad_validations": 0}
-        state = None
         if resume_from is not None:
-            state = _restore(resume_from, cfg, raw_model, optimizer, scheduler, ema, accelerator)
+            _restore(resume_from, state, cfg, raw_model, optimizer, scheduler, ema, accelerator)
             step, es = int(state["step"]), dict(state["early_stopping"])
             if step >= total_steps:  # nothing to train: say so instead of an empty progress bar
                 # the run that finished: the one the checkpoint belongs to (run_dir may be a new folder)
@@ -170,7 +184,10 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.clean_stale(ckpt_dir)
-            _atomic_write(run_dir / "config.yaml", dump_config(cfg))
+            if config_file.name != ckpt.CONFIG:
+                accelerator.print(f"{run_dir / ckpt.CONFIG} is the config being read; the resolved config goes to "
+                                  f"{config_file}")
+            _atomic_write(config_file, dump_config(cfg))
             _truncate_metrics(run_dir / "metrics.jsonl", after=step)
             moved = ckpt.set_aside_after(ckpt_dir, step)  # resuming from an older checkpoint: a new branch
             if moved:
@@ -266,6 +283,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                         main, raw_model)
     finally:
         gc.unfreeze()  # let a later fit (or the caller) collect what this run left behind
+        stack.close()
         _release(accelerator)
 
 
@@ -367,6 +385,64 @@ def _resume_checkpoint(resume, run_dir: Path) -> Optional[Path]:
     return ckpt.resolve_checkpoint(resume)
 
 
+RUN_LOCK = ".pytc-lock"  # inside the run folder: the folder's lock file (pytc.locks)
+RESOLVED_CONFIG = "config.resolved.yaml"  # the resolved config's name when config.yaml is an input
+
+
+def _config_destination(run_dir: Path, inputs) -> Path:
+    """Where the resolved config goes: ``RUN/config.yaml``, unless that file is an input of this run."""
+    for name in (ckpt.CONFIG, RESOLVED_CONFIG):
+        if not any(_same_file(run_dir / name, Path(os.fspath(f))) for f in inputs):
+            return run_dir / name
+    raise OutputExistsError(f"{run_dir / ckpt.CONFIG} and {run_dir / RESOLVED_CONFIG} are both inputs of this run; "
+                            "choose another --run-dir")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.absolute() == b.absolute()
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path, accelerator):
+    """Hold ``RUN/.pytc-lock`` for the run; a second process is refused at once, naming the holder.
+
+    Only the main process takes it (it alone writes the folder); when it is refused, every process
+    stops. A run folder this creates is removed again if the run ends before writing into it, so a
+    refused or failed start leaves nothing behind.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    from pytc.locks import LockedError, exclusive
+
+    created = []
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if accelerator.is_main_process:
+            for folder in [*reversed(run_dir.absolute().parents), run_dir.absolute()]:
+                if not folder.exists():
+                    with disk_errors(folder):
+                        folder.mkdir()
+                    created.append(folder)
+            try:
+                stack.enter_context(exclusive(run_dir / RUN_LOCK, f"run folder {run_dir}"))
+            except LockedError as err:
+                refusal = str(err)
+        if accelerator.num_processes > 1:  # the others learn the main process's verdict
+            refusal = broadcast_object_list([refusal])[0]
+        try:
+            if refusal:
+                raise LockedError(refusal)
+            yield
+        finally:
+            stack.close()  # the lock file goes first, then the folders it was alone in
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
 def _summary(run_dir: Path, step: int, start_step: int, metrics: dict, stopped_early: bool, out_of_time: bool,
              main: bool, raw_model, already_finished: bool = False) -> dict:
     """:func:`fit`'s return value (documented there)."""
@@ -420,10 +496,8 @@ def _nan_message(value: float, step: int, cfg, lr: float, precision: str, last: 
             + f" — last good checkpoint: {last if last else 'none saved yet'}")
 
 
-def _restore(path: Path, cfg, raw_model, optimizer, scheduler, ema, accelerator) -> dict:
-    """Load weights and training state from checkpoint ``path`` into the prepared objects."""
-    import torch
-
+def _restore(path: Path, state: dict, cfg, raw_model, optimizer, scheduler, ema, accelerator) -> None:
+    """Load the weights of checkpoint ``path`` and its training ``state`` into the prepared objects."""
     saved = ckpt.read_config(path)
     for section, differs in (("model", saved.model != cfg.model),
                              ("optimizer.name", saved.optimizer.name != cfg.optimizer.name),
@@ -433,7 +507,6 @@ def _restore(path: Path, cfg, raw_model, optimizer, scheduler, ema, accelerator)
                 f"cannot resume from {path}: it was trained with other {section} settings; resume with its "
                 "config.yaml (other settings may change) or start a new run directory"
             )
-    state = ckpt.load_training_state(path)
     raw_file = path / (ckpt.RAW_WEIGHTS if (path / ckpt.RAW_WEIGHTS).exists() else ckpt.WEIGHTS)
     ckpt.load_into(raw_model, ckpt.load_weights(raw_file), path)
     optimizer.load_state_dict(state["optimizer"])
@@ -450,7 +523,6 @@ def _restore(path: Path, cfg, raw_model, optimizer, scheduler, ema, accelerator)
         else:  # the run had no EMA before: start averaging from the resumed weights
             ema.module.load_state_dict(raw_model.state_dict())
             ema.n_averaged.zero_()
-    return state
 
 
 def _save(ckpt_dir: Path, step: int, cfg, raw_model, ema, optimizer, scheduler, accelerator, es: dict,

@@ -1,0 +1,241 @@
+"""`pytc train` keeps users' files and runs safe: its own config file, one process per run folder,
+real full disks, damaged or incomplete checkpoints, Ctrl-C.
+
+Where a guarantee is about processes or disks, the test uses real `pytc` processes (two at once,
+SIGKILL, SIGINT) or a real small file system (a tmpfs, see ``small_fs`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from typer.testing import CliRunner
+
+from conftest import fill_up
+from pytc.cli import app
+from pytc.config import load_config
+from pytc.engine import checkpoint as ckpt
+from test_faults import TRAIN, blobs, kill, logged_step, one_line_error, start, wait_until
+
+runner = CliRunner()
+QUIET = [*TRAIN, "logging.tensorboard=false"]
+PYTC = ["-m", "pytc.cli", "train"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """Tiny training data and a config that reads it (the config of test_faults.py)."""
+    root = tmp_path_factory.mktemp("data")
+    image, label = blobs()
+    with h5py.File(root / "blobs.h5", "w") as f:
+        f["raw"], f["label"] = image, label
+    cfg = root / "cfg.yaml"
+    cfg.write_text(f"data:\n  train_image: {root / 'blobs.h5'}:raw\n  train_label: {root / 'blobs.h5'}:label\n")
+    return {"root": root, "cfg": cfg, "h5": root / "blobs.h5"}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    """A run with checkpoints at steps 2, 4 and 6 (validated, all kept), trained with EMA."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    h5 = data["h5"]
+    result = runner.invoke(app, ["train", str(data["cfg"]), *QUIET, "training.max_steps=6",
+                                 f"data.val_image={h5}:raw", f"data.val_label={h5}:label",
+                                 "training.val_check_interval=2", "checkpoint.save_top_k=5",
+                                 "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == [
+        "step-000002", "step-000004", "step-000006"]
+    return run_dir
+
+
+def steps_logged(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def error_line(text: str) -> str:
+    """The one error line of a real process's output (the progress bar may precede it)."""
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.strip() and not re.match(r"\s*step +\d+", ln)]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), text
+    return lines[0]
+
+
+# ------------------------------------------------------------------------ the config is an input --
+def test_train_with_run_dir_at_the_config_folder_keeps_the_config_byte_identical(data, tmp_path, monkeypatch):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    original = data["cfg"].read_bytes() + b"# my notes: keep them\n"
+    (folder / "config.yaml").write_bytes(original)
+    monkeypatch.chdir(folder)
+    result = runner.invoke(app, ["train", "config.yaml", *QUIET, "training.max_steps=2", "--run-dir", "."])
+    assert result.exit_code == 0, result.output
+    assert (folder / "config.yaml").read_bytes() == original  # the input, untouched
+    assert "the resolved config goes to config.resolved.yaml" in result.output
+    resolved = load_config(folder / "config.resolved.yaml")
+    assert resolved == load_config(folder / "config.yaml", [*QUIET, "training.max_steps=2"])
+    # The checkpoint's own config.yaml (what infer and resume read) is the resolved one, as always.
+    assert ckpt.read_config(folder / "checkpoints" / "step-000002") == resolved
+
+
+# --------------------------------------------------------------------- one process per run folder --
+def test_a_second_train_into_the_same_run_folder_is_refused_and_the_first_finishes(data, tmp_path):
+    run_dir = tmp_path / "run"
+    # Long enough that each of the two finds the other: a time limit ends it normally (exit 0).
+    argv = [*PYTC, data["cfg"], *QUIET, "training.max_steps=100000", "training.max_minutes=0.15",
+            "checkpoint.every_n_steps=50", "--run-dir", run_dir]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [start(argv, log) for log in logs]  # at once, as a scheduler's requeue does
+    first_done = None
+    while first_done is None:
+        first_done = next((i for i, p in enumerate(procs) if p.poll() is not None), None)
+        time.sleep(0.05)
+    loser, winner = procs[first_done], procs[1 - first_done]
+    assert loser.returncode == 2, logs[first_done].read_text()
+    assert winner.poll() is None, "the winner must still be running when the second one is refused"
+    line = error_line(logs[first_done].read_text())
+    assert re.fullmatch(rf"Error: run folder {re.escape(str(run_dir))} is in use by pid {winner.pid} on host "
+                        rf"{re.escape(os.uname().nodename)} .*; wait for it to finish or stop it, then rerun", line), line
+    assert winner.wait(timeout=300) == 0, logs[1 - first_done].read_text()
+    steps = steps_logged(run_dir)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # each step once, in order
+    assert not (run_dir / ".pytc-lock").exists()  # released at the end
+
+
+def test_after_a_kill_9_of_the_holder_resume_auto_takes_the_lock(data, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [*PYTC, data["cfg"], *QUIET, "training.max_steps=100000", "--run-dir", run_dir]
+    proc = start(argv, tmp_path / "killed.log")
+    wait_until(lambda: ckpt.find_resume_checkpoint(run_dir) is not None, proc, tmp_path / "killed.log")
+    kill(proc)
+    assert (run_dir / ".pytc-lock").exists()  # left behind by the dead holder
+    newest = ckpt.find_resume_checkpoint(run_dir)
+    step = int(newest.name[5:])
+    result = runner.invoke(app, ["train", str(data["cfg"]), *QUIET, f"training.max_steps={step + 2}",
+                                 "--run-dir", str(run_dir), "--resume", "auto"])
+    assert result.exit_code == 0, result.output
+    assert f"resuming from {newest} (step {step})" in result.output
+    assert ckpt.find_resume_checkpoint(run_dir).name == ckpt.checkpoint_name(step + 2)
+
+
+def test_a_refused_start_leaves_no_run_folder_behind(data, tmp_path):
+    run_dir = tmp_path / "new" / "run"
+    result = runner.invoke(app, ["train", str(data["cfg"]), *QUIET, "--run-dir", str(run_dir),
+                                 "--resume", str(tmp_path / "nowhere")])
+    assert "not found" in one_line_error(result)
+    assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------------- real full disk --
+def test_a_real_full_disk_while_saving_a_checkpoint_is_one_line(data, trained, tmp_path, small_fs):
+    where = small_fs("8m")
+    run_dir = where / "run"
+    size = sum(f.stat().st_size for f in (trained / "checkpoints" / "step-000002").iterdir())
+    argv = [*PYTC, data["cfg"], *QUIET, "training.max_steps=100000", "--run-dir", run_dir]
+    proc = start(argv, tmp_path / "full.log")
+    wait_until(lambda: ckpt.find_resume_checkpoint(run_dir) is not None, proc, tmp_path / "full.log")
+    fill_up(where, leave=size // 2)  # the log still fits for a while, the next checkpoint does not
+    assert proc.wait(timeout=300) == 2, (tmp_path / "full.log").read_text()
+    newest = ckpt.find_resume_checkpoint(run_dir)
+    line = error_line((tmp_path / "full.log").read_text())
+    assert re.fullmatch(rf"Error: cannot write checkpoint {re.escape(str(run_dir))}/checkpoints/step-\d+ \(No space "
+                        rf"left on device\); free some space and rerun with --resume auto \(newest complete "
+                        rf"checkpoint: {newest.name}\)", line), line
+    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    ckpt.open_for_resume(newest)  # the earlier checkpoint is whole
+    ckpt.load_weights(newest / ckpt.WEIGHTS)
+
+
+# --------------------------------------------------------------------------- damaged checkpoints --
+def _damage(folder: Path, how: str) -> None:
+    if how == "meta.json not JSON":
+        (folder / "meta.json").write_text('{"name": "step-0000')
+    elif how == "meta.json of another step":
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**meta, "step": 2}))
+    elif how == "model.safetensors missing":
+        (folder / "model.safetensors").unlink()
+    elif how == "model_raw.safetensors missing":
+        (folder / "model_raw.safetensors").unlink()
+    elif how == "model.safetensors cut short":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[:40])
+    elif how == "training_state.pt cut short":
+        data = (folder / "training_state.pt").read_bytes()
+        (folder / "training_state.pt").write_bytes(data[: len(data) // 2])
+
+
+EXPECTED = {
+    "meta.json not JSON": r"is damaged \(meta\.json: not readable JSON: .*\)",
+    "meta.json of another step": r"is damaged \(meta\.json: its step is 2, the folder's is 6\)",
+    "model.safetensors missing": r"is missing model\.safetensors \(deleted, or not copied with the folder\)",
+    "model_raw.safetensors missing": r"is missing model_raw\.safetensors \(deleted, or not copied with the folder\)",
+    "model.safetensors cut short": r"is damaged \(model\.safetensors: .*\)",
+    "training_state.pt cut short": r"is damaged \(training_state\.pt: .*\); use another checkpoint; or",
+}
+
+
+@pytest.mark.parametrize("how", list(EXPECTED))
+def test_a_damaged_checkpoint_is_refused_at_resume_naming_the_one_before(data, trained, tmp_path, how):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    damaged, before = run_dir / "checkpoints" / "step-000006", run_dir / "checkpoints" / "step-000004"
+    _damage(damaged, how)
+    argv = ["train", str(data["cfg"]), *QUIET, "training.max_steps=8", "--run-dir", str(run_dir)]
+    line = one_line_error(runner.invoke(app, [*argv, "--resume", "auto"]))
+    assert re.fullmatch(rf"Error: (refusing to load .*|)checkpoint {re.escape(str(damaged))} {EXPECTED[how]}.*"
+                        rf"resume from the one before with --resume {re.escape(str(before))}", line), line
+    assert steps_logged(run_dir) == steps_logged(trained)  # refused before anything was touched
+    if how == "meta.json not JSON":  # the advice works: the damaged one is set aside, the run goes on
+        result = runner.invoke(app, [*argv, "--resume", str(before)])
+        assert result.exit_code == 0, result.output
+        assert ckpt.find_resume_checkpoint(run_dir).name == "step-000008"
+        assert (run_dir / "checkpoints" / "abandoned" / "step-000006").is_dir()
+
+
+def test_a_damaged_earlier_checkpoint_is_named_at_resume_not_at_the_next_save(data, trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    older = run_dir / "checkpoints" / "step-000002"
+    (older / "meta.json").write_text("\0\0\0")
+    result = runner.invoke(app, ["train", str(data["cfg"]), *QUIET, "training.max_steps=8",
+                                 "--run-dir", str(run_dir), "--resume", "auto"])
+    line = one_line_error(result)
+    assert line.startswith(f"Error: checkpoint {older} is damaged (meta.json: ")
+    assert line.endswith(f"move it out of {older.parent} (or put back a good copy), then rerun"), line
+    assert steps_logged(run_dir) == steps_logged(trained)
+
+
+def test_a_missing_weights_file_is_called_missing_not_damaged(trained, tmp_path):
+    folder = tmp_path / "step-000006"
+    shutil.copytree(trained / "checkpoints" / "step-000006", folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.load_checkpoint_for_inference(folder)
+    assert str(err.value) == (f"checkpoint {folder} has no model.safetensors (the file is missing: deleted, or not "
+                              "copied with the folder); copy the whole checkpoint folder again or use another checkpoint")
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C --
+def test_ctrl_c_exits_130_naming_the_last_checkpoint_and_resume_auto(data, tmp_path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "train.log"
+    proc = start([*PYTC, data["cfg"], *QUIET, "training.max_steps=100000", "--run-dir", run_dir], log)
+    wait_until(lambda: ckpt.find_resume_checkpoint(run_dir) is not None and logged_step(run_dir) >= 3, proc, log)
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    last = ckpt.find_resume_checkpoint(run_dir)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert f"Interrupted: the last checkpoint is {last}; continue with --resume auto (and --run-dir {run_dir})" in text
+    assert not (run_dir / ".pytc-lock").exists()
