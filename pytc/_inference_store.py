@@ -116,21 +116,93 @@ def store_attrs(cfg, kinds: list[str], vol, dtype: np.dtype) -> dict:
     return attrs
 
 
-def fingerprint(folder: Path, vol, cfg, layout: dict) -> str:
-    """Hash of everything that decides the output: a partial store with another one is started over.
-    The ``system`` section (devices, threads) is left out: a run may resume on other hardware."""
-    from pytc import __version__
-    from pytc.engine.checkpoint import META, WEIGHTS
+SAMPLE_EDGE = 16  # voxels per axis of each box hashed from the input: a chunk decode each, whatever the volume
 
-    weights = (folder / WEIGHTS).stat()
-    facts = {
-        "checkpoint": str(folder.resolve()), "meta": (folder / META).read_text(),
-        "weights": [weights.st_size, weights.st_mtime_ns],
-        "input": [str(Path(vol.path).resolve()), vol.key, list(vol.shape), str(vol.dtype)],
-        "config": cfg.model_dump(mode="json", exclude={"system"}), "version": __version__,
-        "output": [list(layout["shape"]), str(layout["dtype"]), list(layout["chunks"])],
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+def _digest(facts) -> str:
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stat(path: Path) -> list:
+    st = path.stat()
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+def input_identity(vol) -> dict:
+    """What identifies the input's contents, cheaply for huge volumes.
+
+    * The files that change when it is rewritten: the file itself (HDF5, TIFF: size and
+      modification time), each slice file of a slice folder, and the metadata files on the way to
+      a Zarr array (an array written anew rewrites them).
+    * A hash of sampled boxes read through the volume (``SAMPLE_EDGE`` voxels per axis at the
+      corners and the centre), so that new contents are noticed even where the modification times
+      were kept (a copy with ``cp -p``, a Zarr array whose chunks were replaced in place).
+
+    Not noticed: an in-place edit of Zarr chunks that no sampled box reads.
+    """
+    path = Path(vol.path).resolve()
+    if path.is_file():
+        files = [_stat(path)]
+    elif vol.format == "zarr":
+        files, here = [], path
+        for part in [None, *(vol.key or "").strip("/").split("/")]:
+            here = here / part if part else here
+            files += [_stat(here / m) for m in ("zarr.json", ".zarray", ".zgroup", ".zattrs") if (here / m).is_file()]
+    else:  # a slice folder: one small stat per section
+        files = [_stat(p) for p in sorted(path.iterdir()) if p.is_file()]
+    shape = [int(n) for n in vol.shape]
+    starts = [[0, max(0, n // 2 - SAMPLE_EDGE // 2), max(0, n - SAMPLE_EDGE)] for n in shape]
+    picks = [[0] * len(shape), [2] * len(shape), [1] * len(shape)]  # first corner, last corner, centre
+    picks += [[(c >> a) & 1 and 2 for a in range(len(shape))] for c in range(1, 2 ** len(shape) - 1)]  # other corners
+    sample = hashlib.sha256()
+    for pick in picks:
+        box = tuple(slice(starts[a][p], starts[a][p] + SAMPLE_EDGE) for a, p in enumerate(pick))
+        sample.update(np.ascontiguousarray(vol[box]).tobytes())
+    return {"address": [str(path), vol.key, shape, str(vol.dtype)], "files": files, "sample": sample.hexdigest()}
+
+
+def checkpoint_identity(folder: Path) -> str:
+    """sha256 of the weights file the network is built from: the checkpoint's identity wherever it
+    lies (a copied or moved checkpoint resumes). The whole file is hashed: it was just read in
+    full to load the model, so this costs about a second per GB, from the page cache."""
+    from pytc.engine.checkpoint import WEIGHTS
+
+    digest = hashlib.sha256()
+    with open(folder / WEIGHTS, "rb") as fh:
+        for piece in iter(lambda: fh.read(2**22), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def fingerprint(folder: Path, vol, cfg, layout: dict) -> dict[str, str]:
+    """Hashes of everything that decides the output, by what a user may have changed: ``input``,
+    ``checkpoint``, ``config`` (with the output layout) and ``pytc version``. The ``system``
+    section (devices, threads) is left out: a run may resume on other hardware."""
+    from pytc import __version__
+
+    config = {"config": cfg.model_dump(mode="json", exclude={"system"}),
+              "output": [list(layout["shape"]), str(layout["dtype"]), list(layout["chunks"])]}
+    return {"input": _digest(input_identity(vol)), "checkpoint": checkpoint_identity(folder),
+            "config": _digest(config), "pytc version": _digest(__version__)}
+
+
+def changed(run: dict, fingerprint: dict[str, str]) -> list[str]:
+    """What differs between a partial store's record and this run (``input``, ``checkpoint``, ...);
+    a record without a fingerprint of this form counts as written by another pytc version."""
+    recorded = run.get("fingerprint")
+    if not isinstance(recorded, dict) or set(recorded) != set(fingerprint):
+        return ["pytc version"]
+    return [what for what in fingerprint if recorded[what] != fingerprint[what]]
+
+
+def refuse_changed(writer, what: list[str], input_spec: str, done: int) -> None:
+    """Refuse to resume a partial store written with other arguments (its blocks would be mixed
+    into this output), naming what changed and offering ``--restart``."""
+    names = " and ".join(what)
+    detail = f" ({input_spec} changed since)" if "input" in what else ""
+    blocks = f"{done} finished block{'s' if done != 1 else ''}"
+    raise VolumeError(f"the partial store {writer.partial_path} holds {blocks} written with another {names}{detail}; "
+                    "rerun with --restart to start over, or with what it was written with to resume")
 
 
 def read_run(writer) -> Optional[dict]:

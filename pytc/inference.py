@@ -34,7 +34,8 @@ How a volume is predicted:
 :func:`infer` writes to ``.<output>.pytc-partial`` beside the output, marks every finished block in
 the store's record folder and renames the store into place only when all blocks are done. Rerun
 with the same arguments, it skips the finished blocks; a partial store written with another
-checkpoint, input or config is started over (with a warning). Processes started by
+checkpoint, input (its contents: see :func:`pytc._inference_store.input_identity`) or config is
+refused, naming what changed (``resume=False``, ``--restart``, starts it over). Processes started by
 ``accelerate launch`` (``WORLD_SIZE`` > 1) share the blocks in contiguous runs (rank ``r`` of ``W``
 takes blocks ``r·n/W`` up to ``(r+1)·n/W``) and write into one Zarr store whose chunks divide the
 block; rank 0 prepares the store and renames it at the end. A block whose neighbour was predicted
@@ -145,6 +146,105 @@ def _check_output_dtype(dtype, targets) -> np.dtype:
     return dtype
 
 
+# The largest finite value of each compute dtype: inputs beyond it become inf inside the network.
+_COMPUTE_MAX = {"32": ("float32", float(np.finfo(np.float32).max)), "bf16-mixed": ("bfloat16", 3.3895e38),
+                "16-mixed": ("float16", float(np.finfo(np.float16).max))}
+
+
+def _check_range(block: np.ndarray, name: str, origin: Sequence[int], limit: float, dtype_name: str) -> None:
+    """Refuse values whose magnitude exceeds what the network computes in (``limit``), naming the
+    largest; the caller has checked that they are finite."""
+    if block.size == 0 or (block.dtype.kind in "iu" and max(abs(np.iinfo(block.dtype).min),
+                                                          np.iinfo(block.dtype).max) <= limit):
+        return  # this dtype cannot exceed the limit: no scan
+    magnitude = np.abs(block.astype(np.float64, copy=False)) if block.dtype.kind in "iu" else np.abs(block)
+    at = int(np.argmax(magnitude))
+    if magnitude.flat[at] > limit:
+        where = tuple(int(i) + int(o) for i, o in zip(np.unravel_index(at, block.shape), origin))
+        raise DataError(f"{name} has values up to {float(block.flat[at]):.3g} (at voxel {where}), beyond the "
+                        f"{dtype_name} range (±{limit:.3g}) the network computes in; rescale the input (e.g. "
+                        "data.normalize=zscore, or divide it down) and rerun")
+
+
+def _check_input_values(vol, name: str, normalize: str, precision: str) -> None:
+    """Scan a volume once, before any output exists: NaN/Inf voxels, and magnitudes the network
+    cannot compute with (float32 for any input, as normalising casts to it first; the autocast
+    dtype for inputs that normalising passes through unscaled). Per-block checks in
+    :meth:`_Engine.read` catch the rest (z-scored values beyond float16)."""
+    from pytc.data.volumes import BLOCK_VOXELS, block_shape, iter_blocks, raise_if_not_finite
+
+    dtype = np.dtype(vol.dtype)
+    dtype_name, limit = _COMPUTE_MAX["32"]
+    unscaled = normalize == "none" or normalize == "unit" and dtype.kind == "f"
+    if unscaled and precision != "32":
+        dtype_name, limit = _COMPUTE_MAX.get(precision, _COMPUTE_MAX["32"])
+    scan_range = dtype.kind == "f" or dtype.kind in "iu" and unscaled and \
+        max(abs(np.iinfo(dtype).min), np.iinfo(dtype).max) > limit
+    if dtype.kind not in "fc" and not scan_range:
+        return
+    for sel in iter_blocks(vol.shape, block_shape(vol.shape, voxels=BLOCK_VOXELS)):
+        block, origin = np.asarray(vol[sel]), [s.start for s in sel]
+        raise_if_not_finite(block, name, origin)
+        if scan_range:
+            _check_range(block, name, origin, limit, dtype_name)
+
+
+def _check_weights(model: "torch.nn.Module", folder: Path) -> None:
+    """Refuse a checkpoint with NaN/Inf weights (a diverged run) before anything is written: every
+    prediction would be NaN, stored as 0 in uint8."""
+    from pytc.errors import CheckpointError
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise CheckpointError(f"checkpoint {folder} has NaN or infinite weights (first in {name}); the "
+                                  "training diverged before it was saved: use an earlier checkpoint")
+
+
+def _available_memory(device: "torch.device") -> Optional[int]:
+    """Free bytes where the network runs (None when unknown)."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:  # Linux: what can be allocated without swapping
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_window_memory(window: Sequence[int], cfg: "PytcConfig", device: "torch.device") -> None:
+    """Refuse, before anything is allocated, a window whose batch cannot fit in memory.
+
+    The estimate is a floor, in float32: the window weights, and one batch of input and output
+    windows; the network's own activations need several times more. A window larger than the
+    volume is not capped to it: the window decides what the network sees (and must suit the
+    architecture), so a smaller one would silently predict something else.
+    """
+    voxels = math.prod(int(w) for w in window)
+    batch = cfg.inference.sw_batch_size * (cfg.model.in_channels + cfg.model.out_channels)
+    need = 4 * voxels * (1 + batch)
+    free = _available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"inference.window_size {list(cfg.inference.window_size or window)} needs at least "
+                          f"{_bytes(need)} of memory for one batch of windows but {device.type} has {_bytes(free)} "
+                          f"free; use a smaller window (the training patch is {list(cfg.data.patch_size)})")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.3g} EB"  # not reached
+
+
 class _Engine:
     """What one prediction needs: input view, window/block plan, normalisation and the predictor."""
 
@@ -162,6 +262,7 @@ class _Engine:
         self.view = _InputView(image, cfg.model.in_channels, dims, name)
         window = _spatial(inf.window_size or cfg.data.patch_size, dims, "inference.window_size", "the window")
         block = _spatial(inf.block_size, dims, "inference.block_size", "the block")
+        _check_window_memory(window, cfg, device)  # before the window weights are allocated
         self.plan = BlockPlan(self.view.shape, window, block, inf.overlap)
         offsets, groups = affinity_layout(cfg.data.targets)
         flips = inf.tta_flips if dims == 3 else [[a for a in f if a != 0] for f in inf.tta_flips]  # z: one section
@@ -191,8 +292,14 @@ class _Engine:
         from pytc.data.volumes import normalize_image, raise_if_not_finite
 
         raw = self.view.read(box)
-        raise_if_not_finite(raw, self.name, [0, *(r.start for r in box)])  # NaN would spread over windows
+        origin = [0, *(r.start for r in box)]
+        raise_if_not_finite(raw, self.name, origin)  # NaN would spread over windows
+        if raw.dtype.kind == "f":  # normalising casts to float32 first
+            _check_range(raw, self.name, origin, *_COMPUTE_MAX["32"][::-1])
         x = normalize_image(raw, self.cfg.data.normalize, source_dtype=self.view.dtype, stats=self.stats)
+        if self.precision != "32":  # under autocast the network computes in a narrower dtype
+            dtype_name, limit = _COMPUTE_MAX.get(self.precision, _COMPUTE_MAX["32"])
+            _check_range(x, f"{self.name} (normalised)", origin, limit, dtype_name)
         pads = self.plan.pads
         if any(any(p) for p in pads):
             x = np.pad(x, ((0, 0), *pads), mode="edge")  # = MONAI's padding_mode="replicate"
@@ -285,7 +392,13 @@ class _Engine:
                         part = (torch.from_numpy(carried).to(self.device) if carried is not None
                                 else self._accumulate(source, meet))
                     total[(slice(None), *relative(meet, core))] += part
-            return (total / self._weight(index)).cpu().numpy()
+            pred = total / self._weight(index)
+            if not bool(torch.isfinite(pred).all()):  # would be stored as 0 (uint8) or NaN, silently
+                box = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip("zyx", core))
+                raise DataError(f"the prediction of block {index} (voxels {box}) has NaN or infinite values: likely "
+                                "NaN weights in the checkpoint (use an earlier one) or an overflow in the network "
+                                "(run in full precision: training.precision=32, or rescale the input)")
+            return pred.cpu().numpy()
 
 
 def _quantise(pred: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -437,9 +550,8 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             output (one line each).
     """
     from pytc.config import load_config, parse_overrides
-    from pytc.data.volumes import check_finite
     from pytc.engine.checkpoint import CONFIG, load_checkpoint_for_inference, resolve_checkpoint
-    from pytc.io import check_not_input, check_writable, create_volume, open_volume, output_exists, parse_spec
+    from pytc.io import check_not_input, check_writable, create_volume, disk_errors, open_volume, output_exists, parse_spec
     from pytc.runtime import setup_threads
 
     start = time.perf_counter()
@@ -450,6 +562,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     check_writable(parse_spec(out_spec).path)  # before the model is loaded and the input scanned
     folder = resolve_checkpoint(ckpt)
     saved, model = load_checkpoint_for_inference(folder)
+    _check_weights(model, folder)
     cfg = load_config(folder / CONFIG, [*(overrides or []), *([f"inference.output_dtype={dtype}"] if dtype else [])])
     if cfg.model != saved.model:
         raise ConfigError("model.* settings come from the checkpoint (its weights fix the network); drop the "
@@ -468,8 +581,8 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
         torch.backends.cudnn.benchmark = True  # fixed window size: let cuDNN pick its fastest kernels
 
     with open_volume(input) as vol:
-        check_finite(vol, f"input {vol.spec}")  # float inputs only; before any output exists
         engine = _Engine(model, vol, cfg, dist.device, stats=None, name=f"input {vol.spec}")
+        _check_input_values(vol, f"input {vol.spec}", cfg.data.normalize, engine.precision)  # before any output
         plan = engine.plan
         if any(b < min(w, n) for b, w, n in zip(plan.block, plan.window, plan.shape)) and dist.rank == 0:
             log.warning(f"inference.block_size {list(plan.block)} is smaller than the window {list(plan.window)}: "
@@ -482,19 +595,22 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
         writer, restarted = None, False
         try:
             if dist.rank == 0:  # prepare the partial store: reuse it, or start it over
-                writer = create_volume(out_spec, **layout)
+                writer = create_volume(out_spec, **layout)  # holds the output's lock: a second run stops here
                 run = store.read_run(writer) if writer.resumed else None
-                if writer.resumed and (not resume or run is None or run.get("fingerprint") != fingerprint):
+                if run is not None and resume and store.changed(run, fingerprint):
+                    # Its blocks would be mixed into this output: refuse, and let the user choose.
+                    done_before = sum(1 for p in (writer.record_dir / store.DONE_DIR).glob("[0-9]*"))
+                    store.refuse_changed(writer, store.changed(run, fingerprint), vol.spec, done_before)
+                if writer.resumed and (not resume or run is None):
                     restarted = resume
                     if resume:
-                        why = "has no record of its arguments" if run is None else \
-                            "was written with another checkpoint, input or config"
-                        log.warning(f"{writer.partial_path} {why}; starting it over")
+                        log.warning(f"{writer.partial_path} has no record of its arguments; starting it over")
                     writer.abort()
                     writer, run = create_volume(out_spec, **layout), None
                 if run is None:
-                    writer.set_attrs(store.store_attrs(cfg, engine.kinds, vol, out_dtype))
-                    (writer.record_dir / store.DONE_DIR).mkdir(exist_ok=True)
+                    with disk_errors(out_spec):
+                        writer.set_attrs(store.store_attrs(cfg, engine.kinds, vol, out_dtype))
+                        (writer.record_dir / store.DONE_DIR).mkdir(exist_ok=True)
                     run = {"fingerprint": fingerprint, "stats": store.zscore_stats(cfg, vol), "blocks": len(engine.plan)}
                     store.write_run(writer, run)
             dist.barrier()
@@ -512,8 +628,9 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             shutil.rmtree(scratch, ignore_errors=True)  # carries of an interrupted run are not reused
 
             def mark(i: int) -> None:
-                writer.flush()  # the block's data is durable before it is marked finished
-                store.mark_done(done_dir, i)
+                with disk_errors(out_spec):  # HDF5 writes its buffered chunks here
+                    writer.flush()  # the block's data is durable before it is marked finished
+                    store.mark_done(done_dir, i)
 
             _run_blocks(engine, mine, writer, progress and dist.rank == 0, on_done=mark, dtype=out_dtype,
                         scratch=scratch)
@@ -526,7 +643,8 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             dist.barrier()  # every process returns once the output has its final name
         finally:
             if writer is not None:
-                writer.suspend()  # keeps the finished blocks after an error; nothing after a commit
+                with disk_errors(out_spec):  # closing flushes what HDF5 still buffers
+                    writer.suspend()  # keeps the finished blocks after an error; nothing after a commit
 
     seconds = time.perf_counter() - start
     todo = [i for i in range(len(engine.plan)) if i not in done]  # by all processes

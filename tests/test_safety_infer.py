@@ -1,0 +1,314 @@
+"""`pytc infer` keeps its data safe: a resume never mixes blocks of another input, checkpoint or
+config; non-finite network input or output stops with one line naming the block; two processes
+never write one output; a real full disk is one line and the finished blocks survive; a window
+that cannot fit in memory is refused before anything is allocated.
+
+Faults are caused for real where the guarantee is about them: real `pytc` processes (SIGKILLed,
+or run side by side) and a real small file system (a tmpfs, see ``small_fs`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import fill_up
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from pytc import _inference_store as store
+from pytc.cli import app
+from pytc.config import dump_config, load_config
+from pytc.engine import checkpoint as ckpt
+from pytc.errors import DataError
+from pytc.inference import predict_volume
+from pytc.io import open_volume
+from pytc.models import build_model
+
+runner = CliRunner()
+# A 3-level U-Net with 4..16 features and blocks of one window: ~0.1 s a block on one core.
+INFER = ["data.patch_size=[8,16,16]", "model.architecture=monai_unet", "model.filters=[4,8,16]", "system.num_cpus=1",
+         "system.num_gpus=0", "inference.sw_batch_size=1", "inference.block_size=[8,16,16]"]
+SHAPE = (16, 64, 128)  # 2×4×8 = 64 blocks
+
+
+def _image(seed: int, shape=SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _write_h5(path: Path, data: np.ndarray) -> str:
+    """Write ``data`` as ``path:raw``, replacing the file as a whole (a new inode, new contents)."""
+    tmp = path.with_name(path.name + ".new")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("raw", data=data, chunks=(8, 16, 16))
+    os.replace(tmp, path)
+    return f"{path}:raw"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("infer_safety")
+    cfg = load_config(None, INFER)
+    torch.manual_seed(0)
+    folder = ckpt.save_checkpoint(root / "run" / ckpt.CHECKPOINT_DIR, 1, weights=build_model(cfg.model).state_dict(),
+                                  config_yaml=dump_config(cfg), training_state={}, meta={})
+    return {"root": root, "ckpt": folder, "cfg": cfg}
+
+
+def _copy_ckpt(setup, tmp_path: Path) -> Path:
+    dst = tmp_path / "ckpt"
+    shutil.copytree(setup["ckpt"], dst)
+    return dst
+
+
+def _fresh(setup, input_spec: str, out: Path, ckpt_dir=None, extra=()) -> np.ndarray:
+    result = runner.invoke(app, ["infer", "--ckpt", str(ckpt_dir or setup["ckpt"]), "--input", input_spec,
+                                 "--output", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    with open_volume(out) as v:
+        return v[...]
+
+
+def _partial(out: Path) -> tuple[Path, Path]:
+    partial = out.with_name(f".{out.name}.pytc-partial")
+    return partial, partial / ".pytc-record" / "done"
+
+
+def _done(done_dir: Path) -> int:
+    try:
+        return sum(1 for p in done_dir.iterdir() if p.name.isdigit())
+    except FileNotFoundError:
+        return 0
+
+
+def _argv(ckpt_dir, input_spec, out) -> list[str]:
+    return [sys.executable, "-m", "pytc.cli", "infer", "--ckpt", str(ckpt_dir), "--input", input_spec,
+            "--output", str(out)]
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as fh:  # its own session: a kill takes the whole group
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_until(condition, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"process ended (rc {proc.returncode}) too early:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"nothing happened within {timeout} s")
+        time.sleep(0.002)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _one_line(output: str, rc: int) -> str:
+    assert rc == 2, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def _interrupt_after(monkeypatch, k: int) -> None:
+    """Make the next in-process run stop (as Ctrl-C would) once ``k`` blocks are marked finished."""
+    real, marked = store.mark_done, []
+
+    def mark(done_dir, index):
+        if len(marked) == k:
+            raise KeyboardInterrupt
+        real(done_dir, index)
+        marked.append(index)
+
+    monkeypatch.setattr(store, "mark_done", mark)
+
+
+# ---------------------------------------------------------------- resume with changed arguments --
+def test_resume_after_kill_refuses_a_changed_input_and_restart_equals_a_fresh_run(setup, tmp_path):
+    raw = _write_h5(tmp_path / "raw.h5", _image(1))
+    out = tmp_path / "pred.zarr"
+    partial, done_dir = _partial(out)
+    argv = _argv(setup["ckpt"], raw, out)
+    proc = _start(argv, tmp_path / "kill.log")
+    _wait_until(lambda: _done(done_dir) >= 3, proc, tmp_path / "kill.log")
+    _kill(proc)
+    done = _done(done_dir)
+    assert 3 <= done < 64 and partial.exists() and not out.exists()
+
+    _write_h5(tmp_path / "raw.h5", _image(2))  # new contents: same path, key, shape and dtype
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)  # the lock died with the killed one
+    line = _one_line(rerun.stdout + rerun.stderr, rerun.returncode)
+    assert "input" in line and f"{tmp_path / 'raw.h5'}:raw" in line and "--restart" in line, line
+    assert "checkpoint" not in line.split("--restart")[0].split("written with")[-1], line
+    assert partial.exists() and _done(done_dir) == done and not out.exists()  # refused: nothing touched
+
+    restarted = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", str(out),
+                                    "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert "64 blocks: 64 computed;" in restarted.output  # no stale block kept
+    with open_volume(out) as v:
+        np.testing.assert_array_equal(v[...], _fresh(setup, raw, tmp_path / "fresh.zarr"))
+
+
+@pytest.mark.parametrize("change", ["checkpoint", "config"])
+def test_resume_refuses_a_changed_checkpoint_or_config_naming_it(setup, tmp_path, monkeypatch, change):
+    raw = _write_h5(tmp_path / "raw.h5", _image(3, (8, 32, 64)))
+    folder, out = _copy_ckpt(setup, tmp_path), tmp_path / "pred.zarr"
+    argv = ["infer", "--ckpt", str(folder), "--input", raw, "--output", str(out)]
+    _interrupt_after(monkeypatch, 2)
+    assert runner.invoke(app, argv).exit_code == 130
+    monkeypatch.undo()
+    assert _done(_partial(out)[1]) == 2
+
+    extra = []
+    if change == "checkpoint":  # other weights, same names, shapes, file name and size
+        torch.manual_seed(1)
+        save_file(build_model(setup["cfg"].model).state_dict(), folder / ckpt.WEIGHTS)
+    else:
+        extra = ["inference.overlap=0.5"]
+    result = runner.invoke(app, [*argv, *extra])
+    line = _one_line(result.output, result.exit_code)
+    assert f"another {change}" in line and "--restart" in line, line
+    assert _done(_partial(out)[1]) == 2
+
+    result = runner.invoke(app, [*argv, *extra, "--restart"])
+    assert result.exit_code == 0 and "8 blocks: 8 computed;" in result.output, result.output
+
+
+def test_resume_with_the_same_arguments_from_a_moved_checkpoint_is_accepted(setup, tmp_path, monkeypatch):
+    """The checkpoint is identified by its weights, not its path: a copy resumes."""
+    raw = _write_h5(tmp_path / "raw.h5", _image(3, (8, 32, 64)))
+    out = tmp_path / "pred.zarr"
+    _interrupt_after(monkeypatch, 2)
+    assert runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", str(out)]).exit_code == 130
+    monkeypatch.undo()
+    result = runner.invoke(app, ["infer", "--ckpt", str(_copy_ckpt(setup, tmp_path)), "--input", raw, "--output", str(out)])
+    assert result.exit_code == 0 and "8 blocks: 6 computed, 2 skipped" in result.output, result.output
+
+
+# ----------------------------------------------------------------- non-finite input and output --
+def test_input_beyond_the_float32_range_is_refused_naming_the_maximum(setup, tmp_path):
+    data = np.random.default_rng(0).normal(0, 1, (8, 32, 32))
+    data[3, 4, 5] = 1e39  # finite in float64, infinite in float32
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.create_dataset("raw", data=data)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", f"{tmp_path / 'big.h5'}:raw",
+                                 "--output", str(tmp_path / "pred.zarr")])
+    line = _one_line(result.output, result.exit_code)
+    assert "1e+39" in line and "float32" in line and "(3, 4, 5)" in line and "rescale" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_input_beyond_the_float16_range_is_refused_under_fp16(setup):
+    cfg = setup["cfg"].model_copy(deep=True)
+    cfg.data.normalize = "none"
+    model = build_model(cfg.model)
+    image = np.full((8, 16, 16), 1e5, np.float32)  # fine in float32, infinite in float16
+
+    from pytc.inference import _Engine
+
+    engine = _Engine(model, image, cfg, torch.device("cpu"))
+    engine.precision = "16-mixed"  # what an fp16 GPU run computes in
+    with pytest.raises(DataError, match=r"1e\+05.*float16"):
+        engine.read_block(0)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_before_any_output(setup, tmp_path):
+    folder = _copy_ckpt(setup, tmp_path)
+    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in build_model(setup["cfg"].model).state_dict().items()}
+    save_file(weights, folder / ckpt.WEIGHTS)
+    raw = _write_h5(tmp_path / "raw.h5", _image(4, (8, 32, 32)))
+    result = runner.invoke(app, ["infer", "--ckpt", str(folder), "--input", raw, "--output", str(tmp_path / "p.zarr")])
+    line = _one_line(result.output, result.exit_code)
+    assert "NaN" in line and str(folder) in line, line
+    assert not any(p.name.startswith((".p.zarr", "p.zarr")) for p in tmp_path.iterdir())
+
+
+def test_non_finite_network_output_stops_naming_the_block(setup):
+    class Overflowing(torch.nn.Module):  # finite weights, but its output overflows where the input is bright
+        def forward(self, x):
+            big = x * 3e38 * 3e38
+            return torch.where(x > 0.9, big - big, x)  # inf - inf
+
+    image = np.zeros((16, 32, 32), np.uint8)
+    image[12, 20, 20] = 255  # in block 7 of 2×2×2: z 8:16, y 16:32, x 16:32
+    cfg = setup["cfg"].model_copy(deep=True)
+    cfg.inference.overlap = 0  # windows = blocks: only block 7 sees the bright voxel
+    with pytest.raises(DataError) as err:
+        predict_volume(Overflowing(), image, cfg, device="cpu", progress=False)
+    message = str(err.value)
+    assert "block 7" in message and "z 8:16, y 16:32, x 16:32" in message, message
+    assert "NaN weights" in message and "overflow" in message, message
+
+
+# ------------------------------------------------------------------------------- concurrency --
+def test_two_infers_of_one_output_at_once_refuse_the_second_and_the_first_finishes(setup, tmp_path):
+    raw = _write_h5(tmp_path / "raw.h5", _image(5, (16, 64, 256)))  # 128 blocks: time for the second to start
+    out = tmp_path / "pred.zarr"
+    lock = tmp_path / ".pred.zarr.pytc-lock"
+    argv = _argv(setup["ckpt"], raw, out)
+    first = _start(argv, tmp_path / "first.log")
+    _wait_until(lock.exists, first, tmp_path / "first.log")
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first run ended before the second one started; the test proves nothing"
+    line = _one_line(second.stdout + second.stderr, second.returncode)
+    assert f"pid {first.pid}" in line and "pred.zarr" in line, line
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()
+    assert "128 blocks: 128 computed;" in (tmp_path / "first.log").read_text()
+    with open_volume(out) as v:
+        np.testing.assert_array_equal(v[...], _fresh(setup, raw, tmp_path / "fresh.zarr"))
+
+
+# ------------------------------------------------------------------------------ full disks --
+def test_infer_on_a_real_full_disk_is_one_line_keeps_finished_blocks_and_resumes(setup, tmp_path, small_fs):
+    raw = _write_h5(tmp_path / "raw.h5", _image(6))
+    where = small_fs("2m")
+    out = where / "pred.zarr"
+    fill_up(where, leave=160 * 1024)  # room for the store and a few dozen of its 4 KB chunk files
+    argv = _argv(setup["ckpt"], raw, out)
+    full = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    line = _one_line(full.stdout + full.stderr, full.returncode)
+    assert "cannot write" in line and "pred.zarr" in line and "No space left on device" in line, line
+    done = _done(_partial(out)[1])
+    assert 0 < done < 64 and not out.exists(), (done, line)
+    assert not [p.name for p in where.rglob("*") if ".pytc-tmp-" in p.name]  # no half-written temporary
+
+    (where / ".filler").unlink()  # more space
+    result = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"64 blocks: {64 - done} computed, {done} skipped" in result.output
+    with open_volume(out) as v:
+        np.testing.assert_array_equal(v[...], _fresh(setup, raw, tmp_path / "fresh.zarr"))
+
+
+# -------------------------------------------------------------------------- impossible windows --
+def test_a_window_too_large_for_memory_is_refused_before_allocating(setup, tmp_path):
+    raw = _write_h5(tmp_path / "raw.h5", _image(7, (8, 32, 32)))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    start = time.perf_counter()
+    result = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output",
+                                 str(tmp_path / "pred.zarr"), "inference.window_size=[100000,100000,100000]"])
+    line = _one_line(result.output, result.exit_code)
+    assert "inference.window_size [100000, 100000, 100000]" in line and "memory" in line, line
+    assert re.search(r"needs at least [\d.]+ [KMGTPE]?B", line), line
+    assert time.perf_counter() - start < 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
