@@ -24,6 +24,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import reprlib
+import stat
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -36,11 +38,13 @@ from pytc.errors import ConfigError
 ENV_PREFIX = "PYTC_"
 ENV_DELIMITER = "__"
 BASE_KEY = "_base_"
+MAX_SEED = 2**32 - 1
 
 
 class _Section(BaseModel):
     # forbid: typos are errors; validate_assignment: `cfg.data.batch_size = "x"` is checked too.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+    # allow_inf_nan=False: `lr: .inf` (or nan, from a file, an override or the environment) is refused.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False)
 
 
 PathList = Union[str, list[str]]
@@ -51,10 +55,21 @@ class SystemConfig(_Section):
 
     num_gpus: Optional[int] = Field(None, ge=0, description="GPUs to use; null = all visible, 0 = CPU only.")
     num_cpus: int = Field(4, ge=0, description="CPU threads for torch and data loading helpers.")
-    seed: int = Field(42, description="Random seed for weights, sampling and augmentation.")
+    seed: int = Field(
+        42, description="Random seed for weights, sampling and augmentation.",
+        json_schema_extra={"minimum": 0, "maximum": MAX_SEED},
+    )
     output_dir: Optional[str] = Field(
         None, description="Run directory (config, checkpoints, logs); null = runs/<config file name>."
     )
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, v: int) -> int:
+        # np.random.seed (called by accelerate's set_seed) takes 0..2**32-1 only; torch takes a wider range.
+        if not 0 <= v <= MAX_SEED:
+            raise ValueError(f"must be between 0 and {MAX_SEED} (the seeds NumPy accepts)")
+        return v
 
 
 class ModelConfig(_Section):
@@ -191,7 +206,7 @@ class DataConfig(_Section):
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(s < 1 for s in v):
-            raise ValueError(f"patch sizes must be positive, got {v}")
+            raise ValueError("patch sizes must be positive")  # the message adds ", got [...]"
         return v
 
     @model_validator(mode="after")
@@ -397,30 +412,201 @@ class PytcConfig(_Section):
 # Loading
 
 
-def _read_yaml(path: Path) -> dict:
+# Real configs are a few KiB, a handful of levels deep and hold hundreds of values. These caps keep a
+# wrong file (a data volume, /dev/zero) or a hostile one (an alias bomb) to well under a second and a
+# few MB of memory; libyaml composes ~2 bytes per node at ~5 µs, so 256 KiB is the worst case of ~0.7 s.
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_VALUES = 50_000  # values after YAML aliases are expanded (counted without expanding them)
+MAX_CONFIG_DEPTH = 32  # nesting levels; a config uses four or five
+_QUOTE_CHARS = 80  # longest value quoted in an error message
+
+# libyaml when present (same safe constructors, ~10x faster); pure Python otherwise.
+_SafeBase = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STANDARD_TAG = "tag:yaml.org,2002:"
+_PYTHON_TAG = _STANDARD_TAG + "python/"
+
+
+class _Refused(Exception):
+    """A YAML document pytc will not read; the message lacks only where it came from."""
+
+
+class _ConfigLoader(_SafeBase):  # type: ignore[misc,valid-type]
+    """The safe loader (plain YAML values only) with unknown and Python tags told apart."""
+
+    def construct_undefined(self, node):  # noqa: D102 - called for every tag without a constructor
+        tag, line = node.tag, node.start_mark.line + 1
+        if tag.startswith(_STANDARD_TAG):
+            tag = "!!" + tag[len(_STANDARD_TAG):]
+        if node.tag.startswith(_PYTHON_TAG):
+            raise _Refused(f"Python object tags are not allowed in configs ({_short(tag, quote=False)} on line "
+                           f"{line}); use plain YAML values")
+        raise _Refused(f"unknown YAML tag {_short(tag)} on line {line}; configs take plain YAML values, "
+                       "remove the tag")
+
+
+_ConfigLoader.add_constructor(None, _ConfigLoader.construct_undefined)
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Refuse duplicate keys, deep nesting, recursive aliases and alias expansion past the caps.
+
+    Works on the composed node graph, where an alias is a second reference to the same node: sizes
+    are summed per node once (memoised), so a "billion laughs" document is measured, never expanded.
+    """
+    sizes: dict[int, int] = {}  # id(node) -> values once expanded
+    ancestors: set[int] = set()
+    shared = False  # reached a node twice: aliases are in play
+    stack: list[tuple[yaml.Node, int, str, bool]] = [(root, 0, "", False)]
+    while stack:
+        node, depth, where, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            ancestors.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_CONFIG_VALUES:
+                how = "YAML aliases expand it to" if shared else "it holds"
+                raise _Refused(f"{how} more than {MAX_CONFIG_VALUES:,} values (line {node.start_mark.line + 1}); "
+                               "a config needs far fewer, write the values out")
+            continue
+        if key in sizes:
+            shared = True
+            continue
+        if key in ancestors:
+            raise _Refused(f"a YAML alias refers to itself (line {node.start_mark.line + 1}); remove the alias")
+        if depth > MAX_CONFIG_DEPTH:
+            raise _Refused(f"nested more than {MAX_CONFIG_DEPTH} levels deep (line {node.start_mark.line + 1})")
+        ancestors.add(key)
+        stack.append((node, depth, where, True))
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicates(node, where)
+            for k, v in node.value:
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                stack += [(v, depth + 1, f"{where}.{name}" if where else name, False), (k, depth + 1, where, False)]
+        else:
+            stack += [(c, depth + 1, where, False) for c in reversed(children)]
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_duplicates(node: yaml.MappingNode, where: str) -> None:
+    # `<<: *base` merges are YAML's way to share settings: keys next to a merge override it, legitimately.
+    first: dict[tuple[str, str], int] = {}
+    for k, _ in node.value:
+        if not isinstance(k, yaml.ScalarNode) or k.tag == _MERGE_TAG:
+            continue
+        line = k.start_mark.line + 1
+        if (k.tag, k.value) in first:
+            inside = f" in {where}" if where else ""
+            raise _Refused(f"duplicate key {_short(k.value)}{inside} at line {line} (first at line "
+                           f"{first[k.tag, k.value]}); keep one of them")
+        first[k.tag, k.value] = line
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document of plain values, refusing what a config must never be.
+
+    Safe constructors only (no Python objects), duplicate keys, unknown tags, recursive aliases and
+    documents past :data:`MAX_CONFIG_VALUES` values or :data:`MAX_CONFIG_DEPTH` levels are refused.
+
+    Args:
+        text: the YAML text.
+        source: where it came from (a file name, ``override '...'``), to start error messages.
+
+    Returns:
+        The parsed value (``None`` for an empty document).
+
+    Raises:
+        ConfigError: one line naming ``source`` and the line of the problem.
+    """
+    loader = _ConfigLoader(text)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; check the path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory; give a YAML config file") from None
-    try:
-        data = yaml.safe_load(text)  # safe_load only: configs never construct Python objects
-    except yaml.constructor.ConstructorError as err:
-        raise ConfigError(
-            f"{path}: {err.problem} (line {err.problem_mark.line + 1}); Python object tags are not "
-            "allowed in configs, use plain YAML values"
-        ) from None
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return loader.construct_document(node)
+    except _Refused as err:
+        raise ConfigError(f"{source}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}:{where} invalid YAML ({problem}); fix the syntax") from None
+        raise ConfigError(f"{source}:{where} invalid YAML ({_short(problem, quote=False)}); fix the syntax") from None
+    except RecursionError:  # the pure-Python parser recurses per nesting level
+        raise ConfigError(f"{source}: nested more than {MAX_CONFIG_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path) -> str:
+    """Read a config file: a regular file (never a FIFO or device), at most MAX_CONFIG_BYTES, UTF-8."""
+    try:
+        # stat, not open: opening a FIFO blocks until a writer appears, and /dev/zero never ends.
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; check the path") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path} ({err.strerror}); fix the path") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path} is a directory; give a YAML config file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path} is {_file_kind(st.st_mode)}, not a regular file; give a YAML config file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {st.st_size / 2**20:.1f} MiB; a config file must be under "
+                          f"{MAX_CONFIG_BYTES // 1024} KiB — is it the right file?")
+    try:
+        # O_NONBLOCK: should the file have been swapped for a FIFO since the stat, opening still returns.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path} ({err.strerror}); fix the path") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ConfigError(f"{path} is not a regular file; give a YAML config file")
+        raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grows meanwhile
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is over {MAX_CONFIG_BYTES // 1024} KiB; a config file must be smaller")
+    if b"\0" in raw:
+        line = raw[: raw.index(b"\0")].count(b"\n") + 1
+        raise ConfigError(f"{path} holds binary data (a NUL byte on line {line}), not UTF-8 YAML text; "
+                          "give a YAML config file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a config file (or a checkpoint's ``config.yaml``) into a dict of sections.
+
+    Raises:
+        ConfigError: unreadable, not a regular file, too large, not UTF-8, invalid or refused YAML
+            (see :func:`parse_yaml`), or not a mapping.
+    """
+    data = parse_yaml(_read_text(path), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+_read_yaml = read_yaml  # the name other modules have imported
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -435,11 +621,11 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    data = read_yaml(path)  # first: a missing file, a symlink loop or a FIFO is refused before resolving
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise ConfigError(f"_base_ cycle: {cycle}; remove one of the _base_ references")
-    data = _read_yaml(path)
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         return data
@@ -460,20 +646,17 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. data.batch_size=8")
+            raise ConfigError(f"override {_short(item)} must look like section.key=value, e.g. data.batch_size=8")
         if "[" in key:
-            raise ConfigError(f"override {item!r}: list items cannot be set one by one; give the whole list, e.g. "
-                              "data.targets='[{name: binary}, {name: contour}]'")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: value {raw!r} is not valid YAML; quote it") from None
+            raise ConfigError(f"override {_short(item)}: list items cannot be set one by one; give the whole list, "
+                              "e.g. data.targets='[{name: binary}, {name: contour}]'")
+        value = parse_yaml(raw, f"override {_short(item)}") if raw.strip() else None
         node = out
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r} conflicts with {'.'.join(parts[: i + 1])}={nxt!r}")
+                raise ConfigError(f"override {_short(item)} conflicts with {'.'.join(parts[: i + 1])}={_short(nxt)}")
             node = nxt
         node[parts[-1]] = value
     return out
@@ -526,7 +709,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     env, cli = env_overrides(), parse_overrides(overrides)
     sources = {k: f"environment variable {ENV_PREFIX}{k.replace('.', ENV_DELIMITER).upper()}" for k in _leaves(env)}
     given = {item.partition("=")[0].strip(): item for item in overrides or []}
-    sources.update({k: f"override {given.get(k, k)!r}" for k in _leaves(cli)})
+    sources.update({k: f"override {_short(given.get(k, k))}" for k in _leaves(cli)})
     data = deep_merge(deep_merge(data, env), cli)
     return config_from_dict(data, origin=str(path) if path is not None else "config", sources=sources)
 
@@ -633,12 +816,26 @@ def _format_validation_error(err: ValidationError, origin: str, sources: dict[st
                 text = f"expected {_type_name(_annotation_at(loc[:tagged]))}"
             else:
                 text = e["msg"].removeprefix("Value error, ")
-            msg = f"{key}: {text}" + ("" if e["type"] == "missing" or isinstance(given, dict) else f", got {given!r}")
+            msg = f"{key}: {text}" + ("" if e["type"] == "missing" or isinstance(given, dict) else f", got {_short(given)}")
         seen.add(key)
         messages.append((_source_of(key, sources or {}, origin), msg))
+    more = f"; and {len(messages) - _MAX_MESSAGES} more" if len(messages) > _MAX_MESSAGES else ""
+    messages = messages[:_MAX_MESSAGES]
     if len({where for where, _ in messages}) == 1:
-        return f"{messages[0][0]}: " + "; ".join(msg for _, msg in messages)
-    return "; ".join(f"{where}: {msg}" for where, msg in messages)
+        return f"{messages[0][0]}: " + "; ".join(msg for _, msg in messages) + more
+    return "; ".join(f"{where}: {msg}" for where, msg in messages) + more
+
+
+_MAX_MESSAGES = 5  # a list of 10,000 bad values is one line, not 10,000 messages
+_QUOTE = reprlib.Repr()  # bounded repr: a huge value is never rendered in full, only its start
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxtuple = 2, 8, 4, 8
+_QUOTE.maxstring = _QUOTE.maxother = _QUOTE.maxlong = 2 * _QUOTE_CHARS
+
+
+def _short(value: Any, quote: bool = True) -> str:
+    """``repr(value)`` (or ``str`` when not ``quote``) cut to about 80 characters with "…"."""
+    text = _QUOTE.repr(value) if quote else str(value)[: 2 * _QUOTE_CHARS]
+    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 1] + "…"
 
 
 def _source_of(key: str, sources: dict[str, str], origin: str) -> str:
@@ -647,6 +844,12 @@ def _source_of(key: str, sources: dict[str, str], origin: str) -> str:
     for k in sorted(sources, key=len, reverse=True):
         if plain == k or plain.startswith(k + "."):  # a section-wide check is not blamed on one key's source
             return sources[k]
+    if _submodel(PytcConfig, tuple(plain.split(".")))[0] is None:
+        # Not a section: a value (or an unknown key) that an override reached *below*, e.g.
+        # `data.batch_size.foo=1` turns data.batch_size into a mapping — that override is to blame.
+        below = [k for k in sources if k.startswith(plain + ".")]
+        if below:
+            return sources[min(below)]
     return origin
 
 
