@@ -616,7 +616,8 @@ def create_volume(
     Args:
         spec: destination address. ``out.zarr`` writes an OME-NGFF 0.5 image (array ``0``),
             ``out.zarr/path`` a plain array, ``out.h5[:key]`` a dataset (default key ``main``;
-            other datasets of an existing file are kept), ``out.tif`` a multi-page TIFF,
+            ``out.h5:key`` adds it to an existing file, whose other datasets are never touched:
+            it is copied in at commit under a brief lock on the file), ``out.tif`` a multi-page TIFF,
             ``out_dir/`` one ``slice_00000.tif`` per z-plane.
         shape, dtype: of the volume. TIFF and slice folders hold 3D volumes.
         chunks: HDF5/Zarr chunk shape (default 64 per spatial axis, clipped to the shape);
@@ -624,7 +625,8 @@ def create_volume(
         compression: gzip, zstd, lz4 or none (HDF5 zstd/lz4 need ``hdf5plugin``; TIFF has no lz4).
         voxel_size: (z, y, x), stored in the format's usual place.
         force: replace an existing destination (only when the new one is committed).
-        resumable: (HDF5/Zarr) write to ``.<name>.pytc-partial`` beside the destination and keep it
+        resumable: (HDF5/Zarr) write to ``.<name>.pytc-partial`` beside the destination
+            (``.f.h5.<key>.pytc-partial`` for a dataset of an HDF5 file) and keep it
             when the writer is left by an exception; if such a partial store exists with the same
             shape, dtype and chunks it is reopened with its data (``writer.resumed``), otherwise
             it is started over. Several processes may open the same Zarr partial store and write
