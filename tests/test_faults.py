@@ -337,9 +337,9 @@ def infer_setup(tmp_path_factory) -> dict:
     return {"root": root, "ckpt": folder, "input": f"{root / 'raw.h5'}:raw", "blocks": 64}
 
 
-def partial_store(out: Path) -> tuple[Path, Path]:
-    """The partial data and the done/ folder of a resumable prediction store."""
-    partial = out.with_name(f".{out.name}.pytc-partial")
+def partial_store(out: Path, key: str | None = None) -> tuple[Path, Path]:
+    """The partial data and the done/ folder of a resumable prediction store (HDF5: one per key)."""
+    partial = out.with_name(f".{out.name}.{key}.pytc-partial" if key else f".{out.name}.pytc-partial")
     record = partial / ".pytc-record" if out.suffix == ".zarr" else partial.with_name(partial.name + ".pytc-record")
     return partial, record / "done"
 
@@ -356,7 +356,7 @@ def test_infer_killed_mid_volume_finishes_only_the_missing_blocks(infer_setup, t
     s, n = infer_setup, infer_setup["blocks"]
     out = tmp_path / ("pred.zarr" if fmt_name == "zarr" else "pred.h5")
     spec = str(out) if fmt_name == "zarr" else f"{out}:prob"
-    partial, done_dir = partial_store(out)
+    partial, done_dir = partial_store(out, None if fmt_name == "zarr" else "prob")
     argv = ["-m", "pytc.cli", "infer", "--ckpt", s["ckpt"], "--input", s["input"], "--output", spec]
 
     k = random.Random(SEED).randint(2, n // 4)
