@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -112,6 +113,43 @@ def test_a_second_train_into_the_same_run_folder_is_refused_and_the_first_finish
     assert not (run_dir / ".pytc-lock").exists()  # released at the end
 
 
+def test_under_accelerate_every_rank_stops_when_the_run_folder_is_taken(data, tmp_path):
+    """Only the main process takes the lock (two ranks of one run are not refused: see
+    test_engine.py::test_two_processes_stay_in_sync); when it is refused, no rank trains or hangs."""
+    from pytc.locks import exclusive
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    overrides = [f"data.train_image={data['h5']}:raw", f"data.train_label={data['h5']}:label", *QUIET]
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from accelerate import debug_launcher
+        from pytc.config import load_config
+        from pytc.engine import fit
+        from pytc.locks import LockedError
+
+        def main():
+            try:
+                fit(load_config(None, {overrides!r}), run_dir={str(run_dir)!r})
+                outcome = "trained"
+            except LockedError as err:
+                outcome = str(err)
+            with open({str(tmp_path)!r} + f"/rank{{torch.distributed.get_rank()}}.txt", "w") as fh:
+                fh.write(outcome)
+
+        if __name__ == "__main__":
+            debug_launcher(main, num_processes=2)
+    """))
+    with exclusive(run_dir / ".pytc-lock", "run folder"):
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        assert outcome.startswith(f"run folder {run_dir} is in use by pid {os.getpid()} on host "), outcome
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing written (the lock file went with its holder)
+
+
 def test_after_a_kill_9_of_the_holder_resume_auto_takes_the_lock(data, tmp_path):
     run_dir = tmp_path / "run"
     argv = [*PYTC, data["cfg"], *QUIET, "training.max_steps=100000", "--run-dir", run_dir]
@@ -137,14 +175,18 @@ def test_a_refused_start_leaves_no_run_folder_behind(data, tmp_path):
 
 
 # ------------------------------------------------------------------------------- real full disk --
-def test_a_real_full_disk_while_saving_a_checkpoint_is_one_line(data, trained, tmp_path, small_fs):
+@pytest.mark.parametrize("fails_in", ["weights", "training state"])
+def test_a_real_full_disk_while_saving_a_checkpoint_is_one_line(data, trained, tmp_path, small_fs, fails_in):
     where = small_fs("8m")
     run_dir = where / "run"
     size = sum(f.stat().st_size for f in (trained / "checkpoints" / "step-000002").iterdir())
+    # safetensors fails first (an errno only in its message), or torch.save (no errno at all); the
+    # log's few lines per step still fit in what is left.
+    leave = 16384 if fails_in == "weights" else size // 2
     argv = [*PYTC, data["cfg"], *QUIET, "training.max_steps=100000", "--run-dir", run_dir]
     proc = start(argv, tmp_path / "full.log")
     wait_until(lambda: ckpt.find_resume_checkpoint(run_dir) is not None, proc, tmp_path / "full.log")
-    fill_up(where, leave=size // 2)  # the log still fits for a while, the next checkpoint does not
+    fill_up(where, leave=leave)
     assert proc.wait(timeout=300) == 2, (tmp_path / "full.log").read_text()
     newest = ckpt.find_resume_checkpoint(run_dir)
     line = error_line((tmp_path / "full.log").read_text())
@@ -239,3 +281,23 @@ def test_ctrl_c_exits_130_naming_the_last_checkpoint_and_resume_auto(data, tmp_p
     assert "Traceback" not in text, text
     assert f"Interrupted: the last checkpoint is {last}; continue with --resume auto (and --run-dir {run_dir})" in text
     assert not (run_dir / ".pytc-lock").exists()
+
+
+def test_a_full_disk_that_safetensors_reports_only_in_its_message_is_one_line(trained, tmp_path, monkeypatch):
+    """safetensors' error has no errno (``... (os error 28)``); on a disk with room to spare, the
+    message alone says it is a full disk."""
+    import safetensors.torch as st
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)  # a partly written file
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    shutil.copytree(trained / "checkpoints" / "step-000002", ckpt_dir / "step-000002")
+    monkeypatch.setattr(st, "save_file", save_file)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.save_checkpoint(ckpt_dir, 4, weights={}, config_yaml="", training_state={}, meta={})
+    assert str(err.value) == (f"cannot write checkpoint {ckpt_dir / 'step-000004'} (No space left on device); free "
+                              "some space and rerun with --resume auto (newest complete checkpoint: step-000002)")
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-000002"]

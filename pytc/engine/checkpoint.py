@@ -284,7 +284,7 @@ def _disk_fault(err: BaseException, folder: Path) -> Optional[str]:
     """Why a write into ``folder`` failed when the disk is to blame (``"No space left on device"``), else None.
 
     A full disk does not always say so: safetensors puts the errno only into its message
-    (``... Os { code: 28, kind: StorageFull ...``) and ``torch.save`` raises an errno-less
+    (``I/O error: No space left on device (os error 28)``) and ``torch.save`` raises an errno-less
     ``RuntimeError`` (``file write failed``). An errno-less failure counts as a full disk when the
     disk really is (nearly) full (``pytc.io.FULL_BELOW``, the threshold every writer uses).
     """
@@ -296,7 +296,7 @@ def _disk_fault(err: BaseException, folder: Path) -> Optional[str]:
         return err.strerror or os.strerror(err.errno)
     if not isinstance(err, (OSError, RuntimeError, SafetensorError)):
         return None
-    found = re.search(r"(?:code: |errno = )(\d+)", str(err))
+    found = re.search(r"(?:os error |code: |errno = )(\d+)", str(err))
     if found:
         return os.strerror(int(found[1]))
     try:
