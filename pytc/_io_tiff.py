@@ -120,6 +120,44 @@ def _open_tiff(path: Path):
     return tif, series
 
 
+def _page_count(series) -> int:
+    return int(np.prod(series.shape[: len(series.shape) - len(series.keyframe.shape)], dtype=np.int64))
+
+
+def _all_pages(tif, path: Path) -> list:
+    """The pages of every series of ``tif``, in file order, as one stack. tifffile makes a series of
+    each page written by its own ``write`` call, and of each run of pages alike; pytc reads them
+    all, and refuses pages of another shape or dtype rather than silently reading only the first.
+
+    Raises:
+        VolumeError: a page of another shape or dtype than the first (naming it), or an unreadable page.
+    """
+    first = tif.series[0]
+    want = (tuple(first.keyframe.shape), _native(first.dtype))
+    pages: list = []
+    with _TiffLog() as errors:
+        try:
+            for series in tif.series:
+                got = (tuple(series.keyframe.shape), _native(series.dtype))
+                if got != want:
+                    raise VolumeError(
+                        f"page {len(pages)} of {path} has shape {got[0]} {got[1]} but page 0 has shape {want[0]} "
+                        f"{want[1]}; a TIFF stack needs pages of one shape and dtype: save them alike, or split "
+                        "the file"
+                    )
+                count = _page_count(series)
+                if len(series.pages) != count:  # pages without an IFD of their own (ImageJ > 4 GB)
+                    raise VolumeError(f"{path} holds several image series, one of them stored ImageJ-style "
+                                      "without page headers; save it as one stack")
+                pages.extend(series.pages[i] for i in range(count))
+        except _TIFF_READ_ERRORS as err:
+            errors.append(_first_line(err))
+    if errors:
+        tif.close()
+        raise VolumeError(f"{path} is not a readable TIFF file ({errors[0]}); is it truncated or corrupted?")
+    return pages
+
+
 def _tiff_compression(page) -> str | None:
     name = page.compression.name.lower()
     return None if name == "none" else "zlib" if name in ("adobe_deflate", "deflate") else name
@@ -137,14 +175,17 @@ class TiffReader:
         self.path, self.key = path, None
         self._tif, series = _open_tiff(path)
         page = series.keyframe
-        npages = int(np.prod(series.shape[: len(series.shape) - len(page.shape)], dtype=np.int64))
-        self.shape = (npages, *page.shape)  # always a stack: a single image is (1, Y, X)
+        npages = _page_count(series)
         self.dtype = _native(series.dtype)
+        self._pages, self._memmap, self._lock = series.pages, None, threading.Lock()
+        if len(self._tif.series) > 1:  # written page by page (a series per page), or several stacks
+            self._pages = _all_pages(self._tif, path)
+            npages = len(self._pages)
+        self.shape = (npages, *page.shape)  # always a stack: a single image is (1, Y, X)
         self.chunks = (1, *page.shape)
         self.compression = _tiff_compression(page)
         self.voxel_size = _tiff_voxel_size(self._tif)
-        self._pages, self._memmap, self._lock = series.pages, None, threading.Lock()
-        if series.dataoffset is not None:  # uncompressed and contiguous: let the OS page it in
+        if series.dataoffset is not None and len(self._tif.series) == 1:  # uncompressed, contiguous: memory-map
             try:
                 self._memmap = tifffile.memmap(path, mode="r").reshape(self.shape)
             except ValueError as err:
@@ -209,7 +250,7 @@ class SlicesReader:
         first = self._files[0]
         if first.suffix.lower() == ".png":
             plane = self._load(first)
-            page_shape, self.dtype, self.compression, self.voxel_size = plane.shape, plane.dtype, "png", None
+            page_shape, self.dtype, self.compression, self.voxel_size = plane.shape, _native(plane.dtype), "png", None
         else:
             tif, series = _open_tiff(first)
             with tif:
@@ -217,6 +258,20 @@ class SlicesReader:
                 self.compression, self.voxel_size = _tiff_compression(series.keyframe), _tiff_voxel_size(tif)
         self.shape = (len(self._files), *page_shape)
         self.chunks = (1, *page_shape)
+        for file in self._files[1:]:  # headers only: a mixed folder is refused before anything is read
+            header = _slice_header(file)
+            if header is not None:
+                self._check(file, *header)
+
+    def _check(self, file: Path, shape: tuple, dtype: np.dtype) -> None:
+        first = self._files[0].name
+        if tuple(shape) != self.shape[1:]:
+            raise VolumeError(f"slice {file.name} has shape {tuple(shape)} but {first} has {self.shape[1:]}; "
+                              f"all slices in {self.path} must have the same size")
+        if _native(dtype) != self.dtype:  # never cast: uint16 into uint8 would keep the values modulo 256
+            raise VolumeError(f"slice {file.name} has dtype {_native(dtype)} but {first} has {self.dtype}; all "
+                              f"slices in {self.path} must have one dtype and shape (pytc does not convert "
+                              "them): save them alike")
 
     def _load(self, file: Path) -> np.ndarray:
         with _TiffLog() as errors:
@@ -243,11 +298,7 @@ class SlicesReader:
         out = np.empty((len(idx), *(len(range(*s.indices(n))) for s, n in zip(rest, self.shape[1:]))), self.dtype)
         for k, z in enumerate(idx):
             plane = self._load(self._files[z])
-            if plane.shape != self.shape[1:]:
-                raise VolumeError(
-                    f"slice {self._files[z].name} has shape {plane.shape} but {self._files[0].name} has "
-                    f"{self.shape[1:]}; all slices in {self.path} must have the same size"
-                )
+            self._check(self._files[z], plane.shape, plane.dtype)  # a slice replaced since the folder was opened
             out[k] = plane[rest]
         return out
 
@@ -256,6 +307,35 @@ class SlicesReader:
 
     def close(self) -> None:
         pass
+
+
+@functools.cache
+def _pil_mode(mode: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and trailing (colour) axes numpy gives an image of this PIL mode."""
+    from PIL import Image
+
+    sample = np.asarray(Image.new(mode, (1, 1)))
+    return sample.dtype, sample.shape[2:]
+
+
+def _slice_header(file: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """(shape, dtype) of a slice's first image, from its header (~1 ms a file), or None when the
+    header is unreadable: that slice fails when it is read, as does a slice of several pages."""
+    import tifffile
+
+    with _TiffLog():
+        try:
+            if file.suffix.lower() == ".png":
+                from PIL import Image
+
+                with Image.open(file) as img:
+                    dtype, extra = _pil_mode(img.mode)
+                    return (img.height, img.width, *extra), dtype
+            with tifffile.TiffFile(file) as tif:
+                page = tif.pages.first
+                return tuple(page.shape), page.dtype
+        except (tifffile.TiffFileError, *_TIFF_READ_ERRORS, SyntaxError):
+            return None
 
 
 def _tiff_write_kwargs(compression: str, dtype: np.dtype, voxel_size, shape: tuple, bigtiff: bool) -> dict:

@@ -62,8 +62,8 @@ def test_a_tiff_written_page_by_page_reads_as_the_whole_stack(tmp_path, compress
 def test_a_tiff_of_several_stacks_reads_as_one_stack(tmp_path):
     a, b = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5), np.ones((2, 4, 5), np.uint8)
     with tifffile.TiffWriter(tmp_path / "two.tif") as w:
-        w.write(a)
-        w.write(b)
+        w.write(a, photometric="minisblack")
+        w.write(b, photometric="minisblack")
     with open_volume(tmp_path / "two.tif") as vol:
         np.testing.assert_array_equal(vol[...], np.concatenate([a, b]))
 
