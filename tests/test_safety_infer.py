@@ -39,7 +39,7 @@ runner = CliRunner()
 # A 3-level U-Net with 4..16 features and blocks of one window: ~0.1 s a block on one core.
 INFER = ["data.patch_size=[8,16,16]", "model.architecture=monai_unet", "model.filters=[4,8,16]", "system.num_cpus=1",
          "system.num_gpus=0", "inference.sw_batch_size=1", "inference.block_size=[8,16,16]"]
-SHAPE = (16, 64, 128)  # 2×4×8 = 64 blocks
+SHAPE = (16, 32, 64)  # 2×2×4 = 16 blocks
 
 
 def _image(seed: int, shape=SHAPE) -> np.ndarray:
@@ -71,7 +71,7 @@ def _copy_ckpt(setup, tmp_path: Path) -> Path:
     return dst
 
 
-def _fresh(setup, input_spec: str, out: Path, ckpt_dir=None, extra=()) -> np.ndarray:
+def _fresh(setup, input_spec: str, out, ckpt_dir=None, extra=()) -> np.ndarray:
     result = runner.invoke(app, ["infer", "--ckpt", str(ckpt_dir or setup["ckpt"]), "--input", input_spec,
                                  "--output", str(out), *extra])
     assert result.exit_code == 0, result.output
@@ -150,11 +150,11 @@ def test_resume_after_kill_refuses_a_changed_input_and_restart_equals_a_fresh_ru
     _wait_until(lambda: _done(done_dir) >= 3, proc, tmp_path / "kill.log")
     _kill(proc)
     done = _done(done_dir)
-    assert 3 <= done < 64 and partial.exists() and not out.exists()
+    assert 3 <= done < 16 and partial.exists() and not out.exists()
 
     _write_h5(tmp_path / "raw.h5", _image(2))  # new contents: same path, key, shape and dtype
-    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)  # the lock died with the killed one
-    line = _one_line(rerun.stdout + rerun.stderr, rerun.returncode)
+    rerun = runner.invoke(app, argv[3:])  # gets past the lock: it died with the killed process
+    line = _one_line(rerun.output, rerun.exit_code)
     assert "input" in line and f"{tmp_path / 'raw.h5'}:raw" in line and "--restart" in line, line
     assert "checkpoint" not in line.split("--restart")[0].split("written with")[-1], line
     assert partial.exists() and _done(done_dir) == done and not out.exists()  # refused: nothing touched
@@ -162,7 +162,7 @@ def test_resume_after_kill_refuses_a_changed_input_and_restart_equals_a_fresh_ru
     restarted = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", str(out),
                                     "--restart"])
     assert restarted.exit_code == 0, restarted.output
-    assert "64 blocks: 64 computed;" in restarted.output  # no stale block kept
+    assert "16 blocks: 16 computed;" in restarted.output  # no stale block kept
     with open_volume(out) as v:
         np.testing.assert_array_equal(v[...], _fresh(setup, raw, tmp_path / "fresh.zarr"))
 
@@ -262,42 +262,58 @@ def test_non_finite_network_output_stops_naming_the_block(setup):
 
 # ------------------------------------------------------------------------------- concurrency --
 def test_two_infers_of_one_output_at_once_refuse_the_second_and_the_first_finishes(setup, tmp_path):
-    raw = _write_h5(tmp_path / "raw.h5", _image(5, (16, 64, 256)))  # 128 blocks: time for the second to start
+    from pytc.locks import read_holder
+
+    raw = _write_h5(tmp_path / "raw.h5", _image(5))
     out = tmp_path / "pred.zarr"
-    lock = tmp_path / ".pred.zarr.pytc-lock"
+    partial, done_dir = _partial(out)
     argv = _argv(setup["ckpt"], raw, out)
-    first = _start(argv, tmp_path / "first.log")
-    _wait_until(lock.exists, first, tmp_path / "first.log")
-    second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert first.poll() is None, "the first run ended before the second one started; the test proves nothing"
-    line = _one_line(second.stdout + second.stderr, second.returncode)
+    procs = [_start(argv, tmp_path / f"run{i}.log") for i in range(2)]  # started together: either may win
+    _wait_until(lambda: _done(done_dir) >= 2, procs[0], tmp_path / "run0.log")
+    holder_pid = read_holder(tmp_path / ".pred.zarr.pytc-lock")["pid"]
+    first, second = sorted(procs, key=lambda p: p.pid != holder_pid)
+    os.killpg(first.pid, signal.SIGSTOP)  # a slow holder (a busy node): the other one must meet its lock
+    try:
+        record_before = sorted(p.name for p in (partial / ".pytc-record").rglob("*"))
+        second.wait(timeout=300)
+        record_after = sorted(p.name for p in (partial / ".pytc-record").rglob("*"))
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    line = _one_line((tmp_path / f"run{procs.index(second)}.log").read_text(), second.returncode)
     assert f"pid {first.pid}" in line and "pred.zarr" in line, line
-    assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()
-    assert "128 blocks: 128 computed;" in (tmp_path / "first.log").read_text()
+    assert record_after == record_before  # refused before touching the partial store or its carries
+    assert first.wait(timeout=300) == 0, (tmp_path / f"run{procs.index(first)}.log").read_text()
+    assert "16 blocks: 16 computed;" in (tmp_path / f"run{procs.index(first)}.log").read_text()
     with open_volume(out) as v:
         np.testing.assert_array_equal(v[...], _fresh(setup, raw, tmp_path / "fresh.zarr"))
 
 
 # ------------------------------------------------------------------------------ full disks --
-def test_infer_on_a_real_full_disk_is_one_line_keeps_finished_blocks_and_resumes(setup, tmp_path, small_fs):
+@pytest.mark.parametrize("fmt_name", ["zarr", "hdf5"])
+def test_infer_on_a_real_full_disk_is_one_line_keeps_finished_blocks_and_resumes(setup, tmp_path, small_fs, fmt_name):
     raw = _write_h5(tmp_path / "raw.h5", _image(6))
     where = small_fs("2m")
-    out = where / "pred.zarr"
-    fill_up(where, leave=160 * 1024)  # room for the store and a few dozen of its 4 KB chunk files
-    argv = _argv(setup["ckpt"], raw, out)
-    full = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    out = where / ("pred.zarr" if fmt_name == "zarr" else "pred.h5")
+    spec = str(out) if fmt_name == "zarr" else f"{out}:prob"
+    # Zarr: a 4 KB file per chunk; HDF5: the chunks and their B-tree grow one file.
+    fill_up(where, leave=64 * 1024 if fmt_name == "zarr" else 24 * 1024)
+    full = subprocess.run(_argv(setup["ckpt"], raw, spec), capture_output=True, text=True, timeout=300)
     line = _one_line(full.stdout + full.stderr, full.returncode)
-    assert "cannot write" in line and "pred.zarr" in line and "No space left on device" in line, line
-    done = _done(_partial(out)[1])
-    assert 0 < done < 64 and not out.exists(), (done, line)
+    assert "cannot write" in line and "pred." in line and "No space left on device" in line, line
+    partial = where / f".{out.name}{'.prob' if fmt_name == 'hdf5' else ''}.pytc-partial"
+    done_dir = partial / ".pytc-record" / "done" if fmt_name == "zarr" else \
+        partial.with_name(partial.name + ".pytc-record") / "done"
+    done = _done(done_dir)
+    assert 0 < done < 16 and not out.exists(), (done, line, sorted(p.name for p in where.iterdir()))
     assert not [p.name for p in where.rglob("*") if ".pytc-tmp-" in p.name]  # no half-written temporary
 
     (where / ".filler").unlink()  # more space
-    result = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", str(out)])
+    result = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", spec])
     assert result.exit_code == 0, result.output
-    assert f"64 blocks: {64 - done} computed, {done} skipped" in result.output
-    with open_volume(out) as v:
-        np.testing.assert_array_equal(v[...], _fresh(setup, raw, tmp_path / "fresh.zarr"))
+    assert f"16 blocks: {16 - done} computed, {done} skipped" in result.output
+    fresh = str(tmp_path / "fresh.zarr") if fmt_name == "zarr" else f"{tmp_path / 'fresh.h5'}:prob"
+    with open_volume(spec) as v:
+        np.testing.assert_array_equal(v[...], _fresh(setup, raw, fresh))
 
 
 # -------------------------------------------------------------------------- impossible windows --
