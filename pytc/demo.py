@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -149,24 +150,44 @@ def write_synth(path: str | os.PathLike, shape: Sequence[int] = (64, 256, 256), 
     """
     import numpy as np
 
-    from pytc.io import create_volume
+    from pytc._io_formats import TMP_TAG, clean_stale, remove_path, swap_in
+    from pytc.io import check_writable, create_volume, disk_errors
+    from pytc.locks import exclusive, lock_path_for
     from pytc.synth import check_options, make_em_volume
 
     start = time.perf_counter()
     path = Path(path)
-    address = _synth_address(path)
+    _synth_address(path)  # a .h5 or .zarr path
     shape = check_options(tuple(shape), seed, anisotropy)  # before anything on disk is touched
-    if path.exists() and not force:
+    if (path.exists() or path.is_symlink()) and not force:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
-    vol = make_em_volume(shape, seed=seed, anisotropy=anisotropy)
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-    for key in SYNTH_KEYS:  # one dataset at a time; each write is atomic (temporary file, rename)
-        data = getattr(vol, key)
-        with create_volume(address(key), data.shape, data.dtype, voxel_size=vol.voxel_size) as out:
-            out[...] = data
+    check_writable(path)
+    with contextlib.ExitStack() as held:
+        with disk_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive(lock_path_for(path), f"output {path}"))  # a second writer is refused
+        if path.exists() and not force:  # made while this process waited for nothing: still not ours
+            raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+        vol = make_em_volume(shape, seed=seed, anisotropy=anisotropy)
+        # The whole file is written in a temporary folder beside it and renamed over the old one only
+        # when complete: a killed run leaves the old file (or none), never a half-written one.
+        clean_stale(path)  # the temporary folder of a killed run
+        tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+        remove_path(tmp)
+        staged = tmp / path.name
+        try:
+            with disk_errors(path):
+                tmp.mkdir()
+            for key in SYNTH_KEYS:
+                data = getattr(vol, key)
+                with create_volume(_synth_address(staged)(key), data.shape, data.dtype, voxel_size=vol.voxel_size,
+                                   lock=False) as out:
+                    out[...] = data
+            with disk_errors(path):
+                swap_in(staged, path)
+        finally:
+            remove_path(tmp)
+    address = _synth_address(path)
     return {
         "path": str(path), "shape": list(vol.image.shape), "seed": seed, "voxel_size": list(vol.voxel_size),
         "datasets": list(SYNTH_KEYS), "volumes": [address(key) for key in SYNTH_KEYS],
@@ -440,19 +461,24 @@ _GAP = 4
 
 
 def _prepare_out(out: Path, force: bool) -> None:
+    from pytc.io import check_writable, disk_errors
+
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file; choose another --out folder")
+    check_writable(out, folder=True)  # a read-only folder is refused now, not after the training
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise OutputExistsError(f"{out} is not empty; pass --force to replace the demo's outputs there, "
                                     "or choose another --out")
-        for name in _OUTPUTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    (out / "data").mkdir(parents=True, exist_ok=True)
+        with disk_errors(out):
+            for name in _OUTPUTS:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    with disk_errors(out):
+        (out / "data").mkdir(parents=True, exist_ok=True)
 
 
 def _single_checkpoint(cfg: "PytcConfig", max_steps: int) -> "PytcConfig":

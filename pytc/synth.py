@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,9 +50,12 @@ def check_options(shape, seed: int = 0, anisotropy: float = 1.0) -> tuple[int, i
         raise ConfigError(f"shape must be three whole numbers Z Y X (e.g. --shape 64 256 256); got {given}")
     if min(shape) < 1:
         raise ConfigError(f"shape {given} has a size below 1; every size must be at least 1 (e.g. --shape 64 256 256)")
-    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        raise ConfigError(f"shape {given} is {int(np.prod(shape, dtype=np.int64)):,} voxels; the generator makes at "
-                          f"most {MAX_VOXELS:,} (it needs ~55 bytes of memory per voxel): give a smaller --shape")
+    voxels = math.prod(int(s) for s in shape)  # Python ints: a size beyond int64 must not overflow
+    if voxels > MAX_VOXELS:
+        count = f"{voxels:,}" if voxels < 10**24 else f"{float(voxels):.3g}" if voxels < 10**300 else "over 1e300"
+        given = given if len(given) <= 80 else given[:77] + "..."
+        raise ConfigError(f"shape {given} is {count} voxels; the generator makes at most {MAX_VOXELS:,} "
+                          "(it needs ~55 bytes of memory per voxel): give a smaller --shape")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a whole number of at least 0; got {seed}")
     low, high = ANISOTROPY_RANGE
