@@ -391,8 +391,9 @@ RESOLVED_CONFIG = "config.resolved.yaml"  # the resolved config's name when conf
 
 def _config_destination(run_dir: Path, inputs) -> Path:
     """Where the resolved config goes: ``RUN/config.yaml``, unless that file is an input of this run."""
+    inputs = [Path(os.fspath(f)) for f in inputs]
     for name in (ckpt.CONFIG, RESOLVED_CONFIG):
-        if not any(_same_file(run_dir / name, Path(os.fspath(f))) for f in inputs):
+        if not any(_same_file(run_dir / name, f) for f in inputs):
             return run_dir / name
     raise OutputExistsError(f"{run_dir / ckpt.CONFIG} and {run_dir / RESOLVED_CONFIG} are both inputs of this run; "
                             "choose another --run-dir")
