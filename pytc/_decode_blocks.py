@@ -373,18 +373,26 @@ class Scratch:
 
     def __init__(self, beside: Optional[os.PathLike] = None, temporary: bool = False):
         self._path: Optional[Path] = None
+        self._target: Optional[Path] = None  # named in a disk error: the output, or the system's temporary folder
         if temporary:  # a folder of its own: decodes running side by side never share one
-            self._path = Path(tempfile.mkdtemp(prefix="pytc-decode-"))
+            self._target = Path(tempfile.gettempdir())
+            with self.disk_errors():
+                self._path = Path(tempfile.mkdtemp(prefix="pytc-decode-"))
         elif beside is not None:
             from pytc._io_formats import TMP_TAG, clean_stale
-            from pytc.io import disk_errors
 
             beside = Path(beside).absolute()
             base = beside.with_name(f"{beside.name}-scratch")
             clean_stale(base)
-            self._path = base.with_name(f".{base.name}{TMP_TAG}{os.getpid()}")
-            with disk_errors(self._path):
+            self._path, self._target = base.with_name(f".{base.name}{TMP_TAG}{os.getpid()}"), beside
+            with self.disk_errors():
                 self._path.mkdir(parents=True, exist_ok=True)
+
+    def disk_errors(self):
+        """A full disk (or another disk error) under the scratch folder as pytc's one-line error."""
+        from pytc.io import disk_errors
+
+        return disk_errors(self._target) if self._target is not None else contextlib.nullcontext()
 
     def array(self, name: str, shape, dtype, block):
         """A zero-filled ``shape`` array; Zarr chunks of at most 64 voxels a side divide ``block``
@@ -394,8 +402,11 @@ class Scratch:
         import zarr
 
         chunks = tuple(_scratch_chunk(b) for b in block)
-        return zarr.create_array(store=str(self._path / f"{name}.zarr"), shape=shape, dtype=dtype, chunks=chunks,
-                                 fill_value=0, compressors=zarr.codecs.ZstdCodec(level=1))
+        with self.disk_errors():
+            return _ScratchArray(zarr.create_array(
+                store=str(self._path / f"{name}.zarr"), shape=shape, dtype=dtype, chunks=chunks, fill_value=0,
+                compressors=zarr.codecs.ZstdCodec(level=1),
+            ), self)
 
     def close(self) -> None:
         if self._path is not None:
@@ -407,6 +418,22 @@ class Scratch:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _ScratchArray:
+    """A scratch Zarr array whose reads and writes report a full disk as one line."""
+
+    def __init__(self, array, scratch: Scratch):
+        self._array, self._scratch = array, scratch
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def __getitem__(self, index) -> np.ndarray:
+        with self._scratch.disk_errors():
+            return self._array[index]
+
+    def __setitem__(self, index, value) -> None:
+        with self._scratch.disk_errors():
+            self._array[index] = value
 
 
 def _scratch_chunk(b: int, cap: int = 64, floor: int = 16) -> int:
