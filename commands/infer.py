@@ -39,7 +39,8 @@ def infer(
 ) -> None:
     """Predict a volume with a trained checkpoint (sliding window, out of core).
 
-    An interrupted run resumes where it stopped when rerun with the same arguments.
+    An interrupted run resumes where it stopped when rerun with the same arguments; if the input's
+    contents, the checkpoint or the config changed since, the rerun is refused (--restart starts over).
     """
     from pytc.decode import group_kinds
     from pytc.inference import infer as predict  # imports torch: only when predicting

@@ -238,11 +238,10 @@ def _check_window_memory(window: Sequence[int], cfg: "PytcConfig", device: "torc
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1024 or unit == "PB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.3g} EB"  # not reached
+    unit = 0
+    while n >= 1024 and unit < 5:
+        n, unit = n / 1024, unit + 1
+    return f"{n:.3g} {('B', 'KB', 'MB', 'GB', 'TB', 'PB')[unit]}"
 
 
 class _Engine:
@@ -533,7 +532,8 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             (``inference.*``, ``system.*``, ``training.precision``, ...; not ``model.*``).
         force: Replace an existing output.
         progress: Show a progress bar (rank 0, terminals only).
-        resume: Reuse the finished blocks of an interrupted run with the same arguments.
+        resume: Reuse the finished blocks of an interrupted run with the same arguments (a partial
+            store written with another input, checkpoint or config is refused); False discards them.
         dtype: ``uint8``, ``float16`` or ``float32``; overrides ``inference.output_dtype``.
 
     Returns:
@@ -541,13 +541,17 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
         run), ``blocks_computed`` (by this process), ``windows`` (of the whole-volume grid),
         ``windows_computed`` (network evaluations by this process: each window once, plus the
         partial sums recomputed at the edges of its share), ``processes, rank, restarted`` (a partial store
-        from other arguments was discarded), ``device, precision, tta`` (passes per window),
+        without a record of its arguments was discarded), ``device, precision, tta`` (passes per window),
         ``seconds`` and ``voxels_per_s`` (voxels predicted by all processes per second, end to end).
 
     Raises:
         OutputExistsError: the output exists and ``force`` is False.
-        CheckpointError / ConfigError / VolumeError / DataError: bad checkpoint, override, input or
-            output (one line each).
+        CheckpointError / ConfigError / VolumeError / DataError: bad checkpoint (also NaN weights),
+            override (also a window too large for memory), input (also values beyond the compute
+            dtype) or output (one line each); a non-finite prediction, naming its block.
+        VolumeError: a partial store of this output was written with another input, checkpoint or
+            config (naming which; ``resume=False`` starts over), or the disk is full.
+        LockedError: another process is writing this output.
     """
     from pytc.config import load_config, parse_overrides
     from pytc.engine.checkpoint import CONFIG, load_checkpoint_for_inference, resolve_checkpoint
