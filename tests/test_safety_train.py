@@ -175,14 +175,13 @@ def test_a_refused_start_leaves_no_run_folder_behind(data, tmp_path):
 
 
 # ------------------------------------------------------------------------------- real full disk --
-@pytest.mark.parametrize("fails_in", ["weights", "training state"])
-def test_a_real_full_disk_while_saving_a_checkpoint_is_one_line(data, trained, tmp_path, small_fs, fails_in):
+def test_a_real_full_disk_while_saving_a_checkpoint_is_one_line(data, trained, tmp_path, small_fs):
     where = small_fs("8m")
     run_dir = where / "run"
     size = sum(f.stat().st_size for f in (trained / "checkpoints" / "step-000002").iterdir())
-    # safetensors fails first (an errno only in its message), or torch.save (no errno at all); the
-    # log's few lines per step still fit in what is left.
-    leave = 16384 if fails_in == "weights" else size // 2
+    # Room for the weights, not for the training state: torch.save fails with an errno-less
+    # RuntimeError (safetensors' error: the next test). The log's lines still fit.
+    leave = size // 2
     argv = [*PYTC, data["cfg"], *QUIET, "training.max_steps=100000", "--run-dir", run_dir]
     proc = start(argv, tmp_path / "full.log")
     wait_until(lambda: ckpt.find_resume_checkpoint(run_dir) is not None, proc, tmp_path / "full.log")
