@@ -209,7 +209,7 @@ names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 
 @settings(max_examples=60, **SETTINGS)
 @given(
-    seed=st.integers(-2**63, 2**63 - 1),
+    seed=st.integers(0, 2**32 - 1),
     output_dir=st.none() | names,
     batch_size=st.integers(1, 1024),
     lr=st.floats(1e-12, 10, allow_subnormal=False),
