@@ -620,6 +620,30 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def config_files(path: str | os.PathLike) -> list[Path]:
+    """The config file and every file of its ``_base_`` chain, resolved (the files a run reads:
+    nothing may be written over them). Unreadable links in the chain are left out here; loading
+    the config reports them."""
+    files: list[Path] = []
+
+    def walk(file: Path) -> None:
+        try:
+            data = read_yaml(file)
+            file = file.resolve()
+        except (ConfigError, OSError, RuntimeError):
+            return
+        if file in files:
+            return
+        files.append(file)
+        bases = data.get(BASE_KEY)
+        for base in [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []:
+            if isinstance(base, str):
+                walk(file.parent / base)
+
+    walk(Path(os.fspath(path)))
+    return files
+
+
 def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     data = read_yaml(path)  # first: a missing file, a symlink loop or a FIFO is refused before resolving
     path = path.resolve()

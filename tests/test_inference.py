@@ -462,14 +462,17 @@ def test_interrupted_infer_resumes_and_equals_an_uninterrupted_run(data, tmp_pat
         assert a.attrs == b.attrs
     assert not (tmp_path / ".out.zarr.pytc-partial").exists()
 
-    # A partial store from other arguments is started over; --restart ignores a matching one.
+    # A partial store from other arguments is refused, naming what changed; --restart starts it over.
     monkeypatch.setattr(store, "mark_done", flaky)
     calls.clear()
     with pytest.raises(_Interrupted):
         infer(data["ckpt"], data["input"], tmp_path / "o2.zarr", progress=False)
     monkeypatch.setattr(store, "mark_done", original)
-    other = infer(data["ckpt"], data["input"], tmp_path / "o2.zarr", ["inference.overlap=0.5"], progress=False)
-    assert other["restarted"] and other["blocks_skipped"] == 0 and other["blocks_computed"] == n
+    with pytest.raises(VolumeError, match="written with another config; rerun with --restart"):
+        infer(data["ckpt"], data["input"], tmp_path / "o2.zarr", ["inference.overlap=0.5"], progress=False)
+    other = infer(data["ckpt"], data["input"], tmp_path / "o2.zarr", ["inference.overlap=0.5"], progress=False,
+                  resume=False)
+    assert other["blocks_skipped"] == 0 and other["blocks_computed"] == n
 
 
 def test_infer_user_errors(data, tmp_path):

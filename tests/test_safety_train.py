@@ -300,3 +300,20 @@ def test_a_full_disk_that_safetensors_reports_only_in_its_message_is_one_line(tr
     assert str(err.value) == (f"cannot write checkpoint {ckpt_dir / 'step-000004'} (No space left on device); free "
                               "some space and rerun with --resume auto (newest complete checkpoint: step-000002)")
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-000002"]
+
+
+
+def test_no_file_of_the_base_chain_is_a_dump_destination(tmp_path):
+    """`pytc train RUN/exp.yaml --run-dir RUN` where exp.yaml's _base_ is RUN/config.yaml: the
+    resolved config goes elsewhere (the files read are listed by config_files)."""
+    from pytc.config import config_files
+    from pytc.engine.train import _config_destination
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("training:\n  max_steps: 3\n")
+    (tmp_path / "exp.yaml").write_text("_base_: run/config.yaml\noptimizer:\n  lr: 0.01\n")
+    files = config_files(tmp_path / "exp.yaml")
+    assert files == [(tmp_path / "exp.yaml").resolve(), (run / "config.yaml").resolve()]
+    assert _config_destination(run, [tmp_path / "exp.yaml", *files]).name == "config.resolved.yaml"
+    assert _config_destination(tmp_path / "other", files).name == "config.yaml"

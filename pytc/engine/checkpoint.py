@@ -194,11 +194,11 @@ def _not_found(path: Path) -> str:
 
 def _validates(run: Path) -> bool:
     """Whether the run's config sets validation data (True when unknown: no readable config.yaml)."""
-    import yaml
+    from pytc.config import read_yaml
 
     try:
-        data = (yaml.safe_load((run / CONFIG).read_text()) or {}).get("data") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+        data = read_yaml(run / CONFIG).get("data") or {}
+    except (ConfigError, AttributeError):
         return True
     return data.get("val_image") is not None or data.get("val_z_range") is not None
 
@@ -538,12 +538,12 @@ def _earlier(path: Path) -> str:
 
 def read_config(path: PathLike) -> "PytcConfig":
     """The resolved config stored in a checkpoint folder."""
-    from pytc.config import _read_yaml, config_from_dict
+    from pytc.config import config_from_dict, read_yaml
 
     file = Path(path) / CONFIG
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} has no {CONFIG}; it cannot rebuild its model")
-    return config_from_dict(_read_yaml(file), origin=str(file))  # safe_load; a YAML error is one line
+    return config_from_dict(read_yaml(file), origin=str(file))  # safe_load; a YAML error is one line
 
 
 def load_checkpoint_for_inference(path: PathLike, device: "str | torch.device" = "cpu"):
