@@ -164,7 +164,8 @@ def _tiff_compression(page) -> str | None:
 
 
 class TiffReader:
-    """Multi-page TIFF: memory-mapped when uncompressed and contiguous, else read page by page."""
+    """Multi-page TIFF: memory-mapped when uncompressed and contiguous, else read page by page. A
+    file of several series (pages written one ``write`` call each) is one stack of all their pages."""
 
     format = "tiff"
     attrs: dict = {}  # TIFF has no user attributes
@@ -232,7 +233,9 @@ def natural_key(name: str):
 
 
 class SlicesReader:
-    """A folder of 2D TIFF/PNG slices in natural order; only the requested slices are read."""
+    """A folder of 2D TIFF/PNG slices in natural order; only the requested slices are read (when
+    opened, the headers of all are, so that slices of mixed size or dtype are refused at once: pytc
+    never casts one slice to another's dtype)."""
 
     format = "slices"
     attrs: dict = {}

@@ -137,7 +137,8 @@ def write_synth(path: str | os.PathLike, shape: Sequence[int] = (64, 256, 256), 
         shape: (Z, Y, X) voxels, each at least 1.
         seed: Random seed (0 or more); the same seed gives the same volume.
         anisotropy: z voxel size relative to y/x (0.1 to 10).
-        force: Replace an existing file or store.
+        force: Replace an existing file or store (once the new one is complete: the volume is
+            written in a temporary folder beside ``path`` and renamed into place).
 
     Returns:
         ``{"path", "shape", "seed", "voxel_size", "datasets", "volumes", "mitochondria", "cells",
