@@ -716,13 +716,12 @@ def _stored_decoding(attrs: dict, origin: str) -> dict:
     text = attrs.get("pytc_config")
     if not text:
         return {}
-    import yaml
+    from pytc.config import parse_yaml  # the bounded, strict reader every config goes through
 
     try:
-        data = yaml.safe_load(text) if isinstance(text, str) else text
-    except yaml.YAMLError as err:
-        reason = getattr(err, "problem", None) or type(err).__name__
-        raise ConfigError(f"{origin}: its pytc_config attribute is not valid YAML ({reason}); fix or remove it") from None
+        data = parse_yaml(text, f"{origin} pytc_config attribute") if isinstance(text, str) else text
+    except ConfigError as err:
+        raise ConfigError(f"{err}; fix or remove the attribute") from None
     section = data.get("decoding") if isinstance(data, dict) else None
     return dict(section) if isinstance(section, dict) else {}
 

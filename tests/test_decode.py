@@ -386,7 +386,7 @@ def test_decode_volume_attribute_errors(tmp_path):
         (write_h5(tmp_path / "b.h5", pred[:1], pytc_scale=0),
          DataError, "pytc_scale must be a positive number, got 0"),
         (write_zarr(tmp_path / "c.zarr", pred[:1], pytc_config="decoding: [unclosed"),
-         ConfigError, "its pytc_config attribute is not valid YAML"),
+         ConfigError, "pytc_config attribute: line 2 invalid YAML"),
         (write_zarr(tmp_path / "d.zarr", pred[:1], pytc_config="decoding:\n  min_size: -1\n"),
          ConfigError, "decoding parameters: decoding.min_size: Input should be greater than or equal to 0, got -1"),
     ]
