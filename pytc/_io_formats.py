@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pytc.errors import VolumeError
+from pytc.locks import pid_alive
 
 GZIP_LEVEL = 4  # h5py's default; higher levels barely shrink noisy EM data but cost time
 ZSTD_LEVEL = 3  # zstd's own default
@@ -157,15 +158,6 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (temporaries of live processes are not stale)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_stale(final: Path) -> None:

@@ -79,7 +79,8 @@ def _describe(info: dict | None) -> str:
     return text
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -142,7 +143,7 @@ def _try_exclusive_create(path: Path) -> _Held | None:
         except FileExistsError:
             info = read_holder(path)
             same_host = info is not None and info.get("host") == socket.gethostname()
-            if same_host and isinstance(info.get("pid"), int) and not _pid_alive(info["pid"]):
+            if same_host and isinstance(info.get("pid"), int) and not pid_alive(info["pid"]):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # stale: its holder died without releasing it
                 continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -94,3 +97,18 @@ def fill_up(folder, leave: int = 0) -> None:
                 f.flush()
         except OSError:
             pass
+
+
+PYTC = [sys.executable, "-m", "pytc.cli"]  # the real command, in a process of its own
+
+
+def pytc(*args, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``pytc ARGS`` in a real process; stdout and stderr captured as text."""
+    return subprocess.run([*PYTC, *map(str, args)], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    """The single `Error: ...` line of a failed command (exit code 2, no traceback)."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (done.returncode, done.stderr)
+    return lines[0]

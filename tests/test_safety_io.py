@@ -17,23 +17,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import fill_up
+from conftest import PYTC, fill_up, one_line, pytc
 
 from pytc import io
 from pytc.errors import PytcError, VolumeError
 
-PYTC = [sys.executable, "-m", "pytc.cli"]
-
-
-def pytc(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*PYTC, *map(str, args)], capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def one_line(done: subprocess.CompletedProcess) -> str:
-    """The single `Error: ...` line of a failed command (exit code 2, no traceback)."""
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (done.returncode, done.stderr)
-    return lines[0]
 
 
 def h5_datasets(path: Path) -> dict[str, np.ndarray]:

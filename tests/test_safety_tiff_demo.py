@@ -18,24 +18,12 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import fill_up
+from conftest import PYTC, fill_up, one_line, pytc
 from PIL import Image
 
 from pytc.errors import VolumeError
 from pytc.io import open_volume
 
-PYTC = [sys.executable, "-m", "pytc.cli"]
-
-
-def pytc(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*PYTC, *map(str, args)], capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def one_line(done: subprocess.CompletedProcess) -> str:
-    """The single `Error: ...` line of a failed command (exit code 2, no traceback)."""
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (done.returncode, done.stderr)
-    return lines[0]
 
 
 def listing(folder: Path) -> list[str]:

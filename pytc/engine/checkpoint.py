@@ -38,7 +38,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from pytc._io_formats import pid_alive
+from pytc.locks import pid_alive
 from pytc.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
