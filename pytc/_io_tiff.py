@@ -109,7 +109,7 @@ def _open_tiff(path: Path):
     with _TiffLog() as errors:
         try:
             tif = tifffile.TiffFile(path)
-            series = tif.series[0]
+            series = _image_series(tif)[0]
             _ = series.shape, series.dtype, series.pages[-1]
         except (tifffile.TiffFileError, *_TIFF_READ_ERRORS) as err:
             errors.append(_first_line(err))
@@ -118,6 +118,13 @@ def _open_tiff(path: Path):
             tif.close()
         raise VolumeError(f"{path} is not a readable TIFF file ({errors[0]}); is it truncated or corrupted?")
     return tif, series
+
+
+def _image_series(tif) -> list:
+    """The series that hold the image: thumbnails and previews (reduced-resolution pages, which
+    microscope TIFFs such as Zeiss LSM carry beside the stack) are not part of it."""
+    full = [s for s in tif.series if not s.keyframe.is_reduced]
+    return full or list(tif.series)
 
 
 def _page_count(series) -> int:
@@ -132,12 +139,12 @@ def _all_pages(tif, path: Path) -> list:
     Raises:
         VolumeError: a page of another shape or dtype than the first (naming it), or an unreadable page.
     """
-    first = tif.series[0]
+    first = _image_series(tif)[0]
     want = (tuple(first.keyframe.shape), _native(first.dtype))
     pages: list = []
     with _TiffLog() as errors:
         try:
-            for series in tif.series:
+            for series in _image_series(tif):
                 got = (tuple(series.keyframe.shape), _native(series.dtype))
                 if got != want:
                     raise VolumeError(
@@ -179,16 +186,18 @@ class TiffReader:
         npages = _page_count(series)
         self.dtype = _native(series.dtype)
         self._pages, self._memmap, self._lock = series.pages, None, threading.Lock()
-        if len(self._tif.series) > 1:  # written page by page (a series per page), or several stacks
+        several = len(_image_series(self._tif)) > 1
+        if several:  # written page by page (a series per page), or several stacks
             self._pages = _all_pages(self._tif, path)
             npages = len(self._pages)
         self.shape = (npages, *page.shape)  # always a stack: a single image is (1, Y, X)
         self.chunks = (1, *page.shape)
         self.compression = _tiff_compression(page)
         self.voxel_size = _tiff_voxel_size(self._tif)
-        if series.dataoffset is not None and len(self._tif.series) == 1:  # uncompressed, contiguous: memory-map
+        if series.dataoffset is not None and not several:  # uncompressed, contiguous: memory-map
             try:
-                self._memmap = tifffile.memmap(path, mode="r").reshape(self.shape)
+                index = self._tif.series.index(series)
+                self._memmap = tifffile.memmap(path, series=index, mode="r").reshape(self.shape)
             except ValueError as err:
                 self._tif.close()
                 raise VolumeError(

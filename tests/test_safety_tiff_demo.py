@@ -240,3 +240,27 @@ def test_decode_on_a_real_full_disk_is_one_line_and_leaves_no_scratch(tmp_path, 
     line = one_line(done)
     assert f"cannot write {where / out} (No space left on device); free some space" in line
     assert listing(where) == before  # no scratch folder, no partial output
+
+
+@pytest.mark.parametrize("thumbnail_first", [False, True])
+@pytest.mark.parametrize("pages", ["one series", "page by page", "compressed"])
+def test_a_thumbnail_beside_the_stack_is_not_part_of_it(tmp_path, thumbnail_first, pages):
+    """Microscope TIFFs (Zeiss LSM, slide scanners) carry reduced-resolution previews beside the
+    stack: they are skipped, not read as a slice nor refused as a page of another shape."""
+    stack = np.arange(5 * 24 * 20, dtype=np.uint16).reshape(5, 24, 20)
+    path = tmp_path / "with_thumb.tif"
+    with tifffile.TiffWriter(path) as w:
+        thumb = lambda: w.write(np.full((6, 5), 7, np.uint16), subfiletype=1)  # noqa: E731
+        if thumbnail_first:
+            thumb()
+        if pages == "one series":
+            w.write(stack)
+        else:
+            for plane in stack:
+                w.write(plane, compression="zlib" if pages == "compressed" else None)
+        if not thumbnail_first:
+            thumb()
+    with open_volume(path) as vol:
+        assert vol.shape == (5, 24, 20)
+        np.testing.assert_array_equal(vol[...], stack)
+        np.testing.assert_array_equal(vol[2:4, 3:9, 1:2], stack[2:4, 3:9, 1:2])
