@@ -7,6 +7,7 @@ SIGKILL, SIGINT) or a real small file system (a tmpfs, see ``small_fs`` in conft
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -301,6 +302,21 @@ def test_a_full_disk_that_safetensors_reports_only_in_its_message_is_one_line(tr
                               "some space and rerun with --resume auto (newest complete checkpoint: step-000002)")
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-000002"]
 
+def test_a_permission_error_while_saving_is_not_called_a_full_disk(trained, tmp_path, monkeypatch):
+    """Only a full disk (or quota) is told to free space; a folder that refuses writes is named."""
+    import safetensors.torch as st
+
+    def save_file(tensors, filename, metadata=None):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(filename))
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    shutil.copytree(trained / "checkpoints" / "step-000002", ckpt_dir / "step-000002")
+    monkeypatch.setattr(st, "save_file", save_file)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.save_checkpoint(ckpt_dir, 4, weights={}, config_yaml="", training_state={}, meta={})
+    assert str(err.value) == (f"cannot write checkpoint {ckpt_dir / 'step-000004'} (Permission denied); make "
+                              f"{ckpt_dir} writable and rerun with --resume auto (newest complete checkpoint: "
+                              "step-000002)")
 
 
 def test_no_file_of_the_base_chain_is_a_dump_destination(tmp_path):

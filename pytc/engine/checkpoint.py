@@ -268,7 +268,8 @@ def save_checkpoint(
         reason = _disk_fault(err, ckpt_dir)  # before the clean-up, which frees the space it would measure
         shutil.rmtree(tmp, ignore_errors=True)  # (a SIGKILL skips this: clean_stale removes it on the next run)
         if reason:  # disk full, quota, read-only: the earlier checkpoints are intact
-            raise CheckpointError(f"cannot write checkpoint {final} ({reason}); {_free_and_resume(ckpt_dir)}") from None
+            advice = _free_and_resume(ckpt_dir, reason)
+            raise CheckpointError(f"cannot write checkpoint {final} ({reason}); {advice}") from None
         raise
     if final.exists():  # re-saving a step (e.g. after a resume): set the old folder aside, then swap
         old = ckpt_dir / f".tmp-old-{name}-{os.getpid()}"
@@ -306,9 +307,11 @@ def _disk_fault(err: BaseException, folder: Path) -> Optional[str]:
     return os.strerror(errno.ENOSPC) if full else None
 
 
-def _free_and_resume(ckpt_dir: Path) -> str:
+def _free_and_resume(ckpt_dir: Path, reason: str) -> str:
     last = find_resume_checkpoint(ckpt_dir.parent)
-    return f"free some space and rerun with --resume auto (newest complete checkpoint: {last.name if last else 'none'})"
+    full = reason in {os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)}
+    fix = "free some space" if full else f"make {ckpt_dir} writable"
+    return f"{fix} and rerun with --resume auto (newest complete checkpoint: {last.name if last else 'none'})"
 
 
 def write_pointer(ckpt_dir: PathLike, pointer: str, target: Optional[Path]) -> None:
@@ -326,7 +329,7 @@ def write_pointer(ckpt_dir: PathLike, pointer: str, target: Optional[Path]) -> N
         tmp.unlink(missing_ok=True)
         if not reason:
             raise
-        raise CheckpointError(f"cannot write {path} ({reason}); {_free_and_resume(Path(ckpt_dir))}") from None
+        raise CheckpointError(f"cannot write {path} ({reason}); {_free_and_resume(Path(ckpt_dir), reason)}") from None
 
 
 def rank_checkpoints(ckpt_dir: PathLike, monitor: str, mode: str) -> list[Path]:
