@@ -52,6 +52,7 @@ CHECKPOINT_DIR = "checkpoints"
 WEIGHTS = "model.safetensors"
 RAW_WEIGHTS = "model_raw.safetensors"
 CONFIG = "config.yaml"
+RESOLVED_CONFIG = "config.resolved.yaml"  # a run's resolved config when RUN/config.yaml is an input
 STATE = "training_state.pt"
 META = "meta.json"
 POINTERS = ("last", "best")
@@ -193,11 +194,12 @@ def _not_found(path: Path) -> str:
 
 
 def _validates(run: Path) -> bool:
-    """Whether the run's config sets validation data (True when unknown: no readable config.yaml)."""
+    """Whether the run's config sets validation data (True when unknown: no readable config)."""
     from pytc.config import read_yaml
 
+    resolved = run / RESOLVED_CONFIG  # present when RUN/config.yaml is the user's own (unresolved) file
     try:
-        data = read_yaml(run / CONFIG).get("data") or {}
+        data = read_yaml(resolved if resolved.is_file() else run / CONFIG).get("data") or {}
     except (ConfigError, AttributeError):
         return True
     return data.get("val_image") is not None or data.get("val_z_range") is not None

@@ -386,7 +386,7 @@ def _resume_checkpoint(resume, run_dir: Path) -> Optional[Path]:
 
 
 RUN_LOCK = ".pytc-lock"  # inside the run folder: the folder's lock file (pytc.locks)
-RESOLVED_CONFIG = "config.resolved.yaml"  # the resolved config's name when config.yaml is an input
+RESOLVED_CONFIG = ckpt.RESOLVED_CONFIG
 
 
 def _config_destination(run_dir: Path, inputs) -> Path:
