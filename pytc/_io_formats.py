@@ -160,13 +160,19 @@ def remove_path(path: Path) -> None:
 
 
 
+# Temporaries and partial stores of this process's open writers: a temporary named with this
+# process's pid is stale only when no writer of this process still writes it (two outputs may
+# name their temporaries alike: f.h5.k.h5 and f.h5:k.h5).
+LIVE_TEMPS: set[Path] = set()
+
+
 def clean_stale(final: Path) -> None:
     """Remove temporaries of ``final`` left by killed runs (restoring an original set aside)."""
     if not final.parent.is_dir():
         return
     for item in final.parent.iterdir():
         match = re.fullmatch(re.escape(f".{final.name}") + r"(\.pytc-(?:tmp|old)-)(\d+)", item.name)
-        if not match or (int(match[2]) != os.getpid() and pid_alive(int(match[2]))):
+        if not match or (int(match[2]) != os.getpid() and pid_alive(int(match[2]))) or item.absolute() in LIVE_TEMPS:
             continue
         if match[1] == OLD_TAG and not final.exists():  # killed between the two renames of a replace
             os.rename(item, final)
@@ -199,7 +205,7 @@ class H5Reader:
 
         self.path = path
         try:
-            self._file = h5py.File(path, "r")
+            self._file = h5_open_read(path)
         except OSError as err:
             raise VolumeError(
                 f"{path} is not a readable HDF5 file ({_first_line(err)}); is it truncated or still being copied?"
@@ -255,7 +261,7 @@ class H5Reader:
         """Reopen after :func:`_readers_closed` (a dataset was added to this file meanwhile)."""
         import h5py
 
-        self._file = h5py.File(self.path, "r")
+        self._file = h5_open_read(self.path)
         self._ds = self._file[self.key]
 
     def close(self) -> None:
@@ -348,11 +354,17 @@ class H5Writer:
         self._file.flush()
 
     def finish(self) -> None:
-        if self._file is None:
-            return
-        self._file.flush()  # a full disk fails here, where abort() can still close the file safely
+        """Flush and close; after a failure (a full disk refusing the last flush) the file is closed
+        quietly and this writer is done: a later finish() or abort() does nothing."""
         file, self._file = self._file, None
-        file.close()  # never twice: closing again after a close that failed segfaults
+        if file is None:
+            return
+        try:
+            file.flush()  # a full disk fails here, before the close
+        except BaseException:
+            _h5_close_quietly(file)  # never twice: closing again after a close that failed segfaults
+            raise
+        file.close()
 
     def abort(self) -> None:
         file, self._file = self._file, None
@@ -392,6 +404,54 @@ def _finish_killed_commits(file) -> None:
 
 def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def h5_open_read(path: Path):
+    """``path`` opened read-only. While another process writes it (a commit, which takes seconds)
+    HDF5's file lock refuses readers: wait for it, with a note on stderr, up to :data:`COMMIT_WAIT_S`.
+
+    Raises:
+        VolumeError: the other process kept writing for longer than that.
+        OSError: the file cannot be opened for another reason (not HDF5, truncated, missing).
+    """
+    import time
+
+    import h5py
+
+    deadline = None
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except BlockingIOError:  # "unable to lock file": another process has it open read-write
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + COMMIT_WAIT_S
+                _note(f"waiting for another process to finish writing {path} (HDF5 file lock) ...")
+            elif now >= deadline:
+                raise VolumeError(f"another process is writing {path}; wait for it to finish (or close the "
+                                  "program that keeps it open), then rerun") from None
+            time.sleep(0.2)
+
+
+def h5_key_conflict(file, key: str, path: Path) -> str | None:
+    """Why dataset ``key`` cannot be written into the open HDF5 ``file`` (a one-line message), or None:
+    a parent of the key is a dataset, or the key itself names a group (replacing it would delete
+    everything inside)."""
+    import h5py
+
+    parts = key.strip("/").split("/")
+    for depth in range(1, len(parts) + 1):
+        name = "/".join(parts[:depth])
+        obj = file.get(name)
+        if obj is None:
+            if file.get(name, getlink=True) is not None:  # a soft or external link to nothing
+                return f"{path}:{name} is a link to nothing; choose another key"
+            return None
+        if depth < len(parts) and not isinstance(obj, h5py.Group):
+            return f"{path}:{name} is a dataset, so {path}:{key.strip('/')} cannot be made inside it; choose another key"
+        if depth == len(parts) and isinstance(obj, h5py.Group):
+            return f"{path}:{name} is a group, not a dataset (replacing it would delete all it holds); choose another key"
+    return None
 
 
 def _open_for_commit(path: Path, deadline: float, what: str):
@@ -435,7 +495,11 @@ def h5_commit(tmp: Path, final: Path, key: str, *, whole_file: bool, force: bool
     deadline = time.monotonic() + COMMIT_WAIT_S
     on_wait = lambda holder: _note(f"waiting for {holder} to finish writing {final} ...")  # noqa: E731
     with exclusive(lock_path_for(final), f"HDF5 file {final}", wait_s=COMMIT_WAIT_S, on_wait=on_wait):
-        if whole_file or not (final.exists() or final.is_symlink()):
+        exists = final.exists() or final.is_symlink()
+        if whole_file and exists and not force:  # create_volume refused an existing file: this one is new
+            raise OutputExistsError(f"{final} appeared while {what} was written; pass --force to replace it, or "
+                                    f"write a dataset into it ({final}:KEY)")
+        if whole_file or not exists:
             swap_in(tmp, final)
             return
         if not h5py.is_hdf5(final):
@@ -451,6 +515,9 @@ def h5_commit(tmp: Path, final: Path, key: str, *, whole_file: bool, force: bool
             target = _open_for_commit(final, deadline, what)
             try:
                 _finish_killed_commits(target)
+                conflict = h5_key_conflict(target, key, final)
+                if conflict:
+                    raise VolumeError(conflict)
                 if key.strip("/") in target and not force:
                     raise OutputExistsError(f"{what} was written by another program meanwhile; pass --force to "
                                             "replace it")
@@ -462,7 +529,7 @@ def h5_commit(tmp: Path, final: Path, key: str, *, whole_file: bool, force: bool
                     del target[key]
                 target.move(name, key)
                 target.flush()
-            except BaseException:
+            except BaseException as err:
                 with contextlib.suppress(Exception):
                     if _commit_name(key) in target:
                         del target[_commit_name(key)]
@@ -470,6 +537,9 @@ def h5_commit(tmp: Path, final: Path, key: str, *, whole_file: bool, force: bool
                     with contextlib.suppress(OSError):
                         os.truncate(tmp, 0)
                 _h5_close_quietly(target)
+                if isinstance(err, (ValueError, KeyError)):  # h5py refusing a link, a name or an object
+                    raise VolumeError(f"cannot add {what} to {final} ({_first_line(err)}); choose another "
+                                      "key") from None
                 raise
             target.close()
     remove_path(tmp)

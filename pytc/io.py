@@ -414,8 +414,10 @@ class VolumeWriter:
         self.resumable, self.resumed = resumable, resumed
         self._done = False
         self._lock = contextlib.ExitStack()  # the output's lock (create_volume), released when done
+        fmt.LIVE_TEMPS.add(tmp.absolute())
 
     def _release(self) -> None:
+        fmt.LIVE_TEMPS.discard(self._tmp.absolute())
         self._lock.close()
 
     spec = property(lambda self: self._spec.text)
@@ -472,21 +474,23 @@ class VolumeWriter:
         """Finish writing and move the data to its final name (replacing the old one)."""
         if self._done:
             return
-        try:
-            with disk_errors(self.spec):
+        with disk_errors(self.spec):
+            try:
                 self._backend.finish()
-                fmt.remove_path(_record_dir(self._tmp, self.format))
                 if self.format == "hdf5":  # see h5_commit: a dataset is added to the file, never the file replaced
                     fmt.h5_commit(self._tmp, self._final, self._spec.key or DEFAULT_H5_KEY,
                                   whole_file=self._spec.key is None, force=self._force, what=self.spec,
                                   keep_tmp=self.resumable)
                 else:
                     fmt.swap_in(self._tmp, self._final)
-        except BaseException:
-            self.suspend()  # a resumable partial store survives a failed rename; others are deleted
-            raise
+            except BaseException:
+                self.suspend()  # a resumable partial store and its record survive a failed commit; others go
+                raise
         self._done = True
-        self._release()
+        try:  # only now: until the data is in place, a rerun needs the record to finish just the commit
+            fmt.remove_path(_record_dir(self._final if self.format == "zarr" else self._tmp, self.format))
+        finally:
+            self._release()
 
     close = commit
 
@@ -590,11 +594,17 @@ def output_exists(spec: "str | os.PathLike | VolumeSpec") -> bool:
 
 
 def _h5_has_key(path: Path, key: str) -> bool | None:
-    """True/False if the HDF5 file has ``key``; None if it is not a readable HDF5 file."""
-    import h5py
+    """True/False if the HDF5 file has dataset ``key``; None if it is not a readable HDF5 file.
 
+    Raises:
+        VolumeError: the key cannot be a dataset of this file (a parent is a dataset, the key a
+            group), or another process kept writing the file for longer than a commit takes.
+    """
     try:
-        with h5py.File(path, "r") as f:
+        with fmt.h5_open_read(path) as f:
+            conflict = fmt.h5_key_conflict(f, key, path)
+            if conflict:
+                raise VolumeError(conflict)
             return key in f
     except OSError:
         return None
@@ -704,6 +714,7 @@ def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_
         if vs.format not in ("hdf5", "zarr"):
             raise VolumeError(f"resumable writes need a Zarr or HDF5 destination; got {vs.text}")
         tmp = stem.with_name(f".{stem.name}{PARTIAL_TAG}")
+        _check_not_live(tmp, vs)
         if tmp.exists():
             try:
                 backend = writer(tmp, shape, dtype, chunks, compression, voxel_size, **extra, resume=True)
@@ -713,6 +724,7 @@ def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_
         fmt.remove_path(_record_dir(tmp, vs.format))
     else:
         tmp = stem.with_name(f".{stem.name}{fmt.TMP_TAG}{os.getpid()}")
+        _check_not_live(tmp, vs)
     fmt.remove_path(tmp)
     try:
         with disk_errors(vs.text):
@@ -721,6 +733,12 @@ def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_
         fmt.remove_path(tmp)
         raise
     return VolumeWriter(backend, vs, shape, dtype, voxel_size, tmp, final, resumable, force=force)
+
+
+def _check_not_live(tmp: Path, vs: VolumeSpec) -> None:
+    if tmp.absolute() in fmt.LIVE_TEMPS:  # e.g. f.h5.k.h5 and f.h5:k.h5 (or f.h5:a/b and f.h5:a_b without locks)
+        raise VolumeError(f"the temporary {tmp} of {vs.text} is in use by another writer of this process; "
+                          "finish that one first or choose another output name")
 
 
 def _safe_key(key: str) -> str:
@@ -937,7 +955,7 @@ def list_volumes(spec: str | os.PathLike) -> list[str]:
 
         names: list[str] = []
         try:  # datasets with data (a null dataspace, h5py.Empty, holds none)
-            with h5py.File(vs.path, "r") as f:
+            with fmt.h5_open_read(vs.path) as f:
                 f.visititems(lambda name, o: names.append(name)
                              if isinstance(o, h5py.Dataset) and o.shape is not None else None)
         except OSError:

@@ -250,3 +250,167 @@ def test_a_folder_named_with_a_colon_is_read_as_itself(tmp_path, small_h5):
     with io.open_volume(f"{tmp_path / 'z.zarr:x'}/extra") as vol:
         assert vol.path == tmp_path / "z.zarr:x" and vol.key == "extra" and int(vol[...].sum()) == 32640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.h5", "z.zarr:x"]
+
+
+# ------------------------------------------------- HDF5 commits racing with other processes --
+HOLD = "import h5py, sys, time; f = h5py.File(sys.argv[1], sys.argv[2]); print('open', flush=True); " \
+       "time.sleep(float(sys.argv[3])); f.close()"
+
+
+def hold_open(path: Path, mode: str, seconds: float) -> subprocess.Popen:
+    """A real process that keeps ``path`` open (``r`` or ``r+``) for ``seconds``; returns once it is open."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), mode, str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "open\n"
+    return proc
+
+
+@pytest.fixture
+def short_commit_wait(monkeypatch):
+    monkeypatch.setattr(io.fmt, "COMMIT_WAIT_S", 0.5)
+
+
+def test_a_whole_hdf5_file_write_never_replaces_a_file_that_appeared_meanwhile(tmp_path, small_h5):
+    target = tmp_path / "f.h5"
+    whole = io.create_volume(target, (4, 8, 8), np.uint8)  # f.h5 does not exist yet
+    whole[...] = 1
+    done = pytc("convert", f"{small_h5}:raw", f"{target}:B")  # another process adds f.h5:B meanwhile
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(io.OutputExistsError, match=r"f.h5 appeared while .* was written; pass --force"):
+        whole.commit()
+    got = h5_datasets(target)
+    assert sorted(got) == ["B"] and int(got["B"].sum()) == int(np.arange(256).sum())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "src.h5"]
+
+
+def test_a_whole_hdf5_file_write_with_force_replaces_the_file_as_documented(tmp_path, small_h5):
+    target = tmp_path / "f.h5"
+    with h5py.File(target, "w") as f:
+        f["old"] = np.arange(3)
+    whole = io.create_volume(target, (4, 8, 8), np.uint8, force=True)
+    whole[...] = 1
+    assert pytc("convert", f"{small_h5}:raw", f"{target}:B").returncode == 0
+    whole.commit()
+    got = h5_datasets(target)
+    assert sorted(got) == ["main"] and (got["main"] == 1).all()
+
+
+@pytest.mark.parametrize("form", ["hdf5", "zarr"])
+def test_a_failed_commit_of_a_resumable_write_keeps_the_partial_data_and_its_record(tmp_path, short_commit_wait,
+                                                                                    monkeypatch, form):
+    if form == "hdf5":
+        target = tmp_path / "f.h5"
+        with h5py.File(target, "w") as f:
+            f["raw"] = np.zeros(3)
+        spec, error = f"{target}:pred", "another process keeps .*f.h5 open"
+        holder = hold_open(target, "r", 30)  # a viewer keeps f.h5 open past the commit's wait
+    else:
+        spec, error, holder = str(tmp_path / "o.zarr"), r"cannot write .*o.zarr \(Permission denied\)", None
+        monkeypatch.setattr(io.fmt, "swap_in", lambda tmp, final: (_ for _ in ()).throw(PermissionError(13, "no")))
+    try:
+        out = io.create_volume(spec, (4, 8, 8), np.uint8, chunks=(2, 8, 8), resumable=True)
+        (out.record_dir / "done").write_text("0 1")
+        out[...] = 3
+        partial, record = out.partial_path, out.record_dir
+        with pytest.raises(VolumeError, match=error):
+            out.commit()
+        assert partial.exists() and (record / "done").read_text() == "0 1"
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    monkeypatch.undo()
+    again = io.create_volume(spec, (4, 8, 8), np.uint8, chunks=(2, 8, 8), resumable=True)
+    assert again.resumed and (again.record_dir / "done").read_text() == "0 1" and (again[...] == 3).all()
+    again.commit()  # the rerun only finishes the commit
+    with io.open_volume(spec) as vol:
+        assert (vol[...] == 3).all()
+    assert not record.exists() and not partial.exists()
+
+
+def test_reading_an_hdf5_file_another_process_is_writing_waits_for_it(tmp_path, capfd):
+    target = tmp_path / "f.h5"
+    with h5py.File(target, "w") as f:
+        f["raw"] = np.arange(4)
+    holder = hold_open(target, "r+", 1.0)  # a commit holds the file read-write for a moment
+    with io.open_volume(f"{target}:raw") as vol:
+        assert list(vol[...]) == [0, 1, 2, 3]
+    holder.wait()
+    assert "waiting for another process to finish writing" in capfd.readouterr().err
+    holder = hold_open(target, "r+", 1.0)
+    assert io.output_exists(f"{target}:new") is False and io.output_exists(f"{target}:raw") is True
+    holder.wait()
+
+
+def test_an_hdf5_file_written_for_too_long_by_another_process_is_one_line(tmp_path, short_commit_wait):
+    target = tmp_path / "f.h5"
+    with h5py.File(target, "w") as f:
+        f["raw"] = np.arange(4)
+    holder = hold_open(target, "r+", 30)
+    try:
+        for call in (lambda: io.open_volume(f"{target}:raw"), lambda: io.output_exists(f"{target}:new")):
+            with pytest.raises(VolumeError, match=r"another process is writing .*f.h5; wait for it to finish"):
+                call()
+    finally:
+        holder.kill()
+        holder.wait()
+    done = subprocess.run([*PYTC, "info", f"{target}:raw"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_failing_last_flush_of_an_hdf5_commit_is_one_line_and_closes_the_file_once(tmp_path, monkeypatch):
+    out = io.create_volume(f"{tmp_path / 'o.h5'}:pred", (4, 8, 8), np.uint8, resumable=True)
+    out[...] = 1
+    closes = []
+    file = out._backend._file
+    real_close = type(file).close
+
+    def full(self):
+        raise RuntimeError("Can't flush cache (file write failed: errno = 28, error message = 'No space left')")
+
+    monkeypatch.setattr(type(file), "flush", full)
+    monkeypatch.setattr(type(file), "close", lambda self: (closes.append(1), real_close(self))[1])
+    with pytest.raises(VolumeError, match=r"cannot write .*o.h5:pred \(No space left on device\); free some space"):
+        out.commit()
+    assert closes == [1] and not file.id.valid  # closed, exactly once
+    out.suspend()
+    out.abort()
+    assert closes == [1]
+
+
+@pytest.mark.parametrize("key", ["raw/x", "raw/x/y", "grp"])
+def test_a_key_under_a_dataset_or_naming_a_group_is_refused_before_any_work(tmp_path, key):
+    target = tmp_path / "f.h5"
+    with h5py.File(target, "w") as f:
+        f["raw"] = np.arange(4)
+        f["grp/inner"] = np.arange(2)
+    before = tree(tmp_path)
+    with pytest.raises(VolumeError, match=r"f.h5:(raw is a dataset|grp is a group)") as err:
+        io.create_volume(f"{target}:{key}", (2, 2, 2), np.uint8, force=True)
+    assert "\n" not in str(err.value) and "choose another" in str(err.value)
+    assert tree(tmp_path) == before
+
+
+def test_a_parent_of_the_key_that_became_a_dataset_meanwhile_fails_the_commit_in_one_line(tmp_path):
+    target = tmp_path / "f.h5"
+    with h5py.File(target, "w") as f:
+        f["other"] = np.arange(4)
+    out = io.create_volume(f"{target}:a/x", (2, 2, 2), np.uint8)
+    out[...] = 1
+    with h5py.File(target, "a") as f:
+        f["a"] = np.arange(2)  # another program makes a dataset where the key's group should be
+    with pytest.raises(VolumeError, match=r"f.h5:a is a dataset"):
+        out.commit()
+    assert sorted(h5_datasets(target)) == ["a", "other"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+
+
+def test_a_writer_never_removes_the_temporary_of_another_live_writer_in_this_process(tmp_path):
+    # f.h5.k.h5 (the whole file) and f.h5:k.h5 (a dataset) name their temporaries alike.
+    whole = io.create_volume(tmp_path / "f.h5.k.h5", (2, 2, 2), np.uint8)
+    whole[...] = 5
+    with pytest.raises(VolumeError, match="temporary .* is in use by another writer"):
+        io.create_volume(f"{tmp_path / 'f.h5'}:k.h5", (2, 2, 2), np.uint8)
+    whole.commit()
+    with io.open_volume(tmp_path / "f.h5.k.h5") as vol:
+        assert (vol[...] == 5).all()
