@@ -116,7 +116,8 @@ def store_attrs(cfg, kinds: list[str], vol, dtype: np.dtype) -> dict:
     return attrs
 
 
-SAMPLE_EDGE = 16  # voxels per axis of each box hashed from the input: a chunk decode each, whatever the volume
+SAMPLE_EDGE = 16  # voxels per axis of each box hashed from a chunked input: about one chunk decode each
+SAMPLE_PLANES = 3  # whole planes hashed from a page-based input (TIFF, slices): the first, middle and last
 
 
 def _digest(facts) -> str:
@@ -128,37 +129,73 @@ def _stat(path: Path) -> list:
     return [path.name, st.st_size, st.st_mtime_ns]
 
 
-def input_identity(vol) -> dict:
-    """What identifies the input's contents, cheaply for huge volumes.
+def _h5_dataset(path: Path, key: str) -> list:
+    """The dataset itself, not its file (other datasets may be added to the file meanwhile, e.g. the
+    prediction committed beside its input): its object address in the file, which a dataset
+    written anew changes (HDF5 never moves one that is only read), the bytes its data take
+    (compressed data that changes changes size, nearly always) and its layout and filters."""
+    import h5py
 
-    * The files that change when it is rewritten: the file itself (HDF5, TIFF: size and
-      modification time), each slice file of a slice folder, and the metadata files on the way to
-      a Zarr array (an array written anew rewrites them).
-    * A hash of sampled boxes read through the volume (``SAMPLE_EDGE`` voxels per axis at the
-      corners and the centre), so that new contents are noticed even where the modification times
-      were kept (a copy with ``cp -p``, a Zarr array whose chunks were replaced in place).
+    with h5py.File(path, "r") as f:
+        ds = f[key]
+        plist = ds.id.get_create_plist()
+        filters = [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]
+        return [getattr(h5py.h5o.get_info(ds.id), "addr", None), ds.id.get_storage_size(), ds.chunks, filters]
 
-    Not noticed: an in-place edit of Zarr chunks that no sampled box reads.
-    """
-    path = Path(vol.path).resolve()
-    if path.is_file():
-        files = [_stat(path)]
-    elif vol.format == "zarr":
-        files, here = [], path
-        for part in [None, *(vol.key or "").strip("/").split("/")]:
-            here = here / part if part else here
-            files += [_stat(here / m) for m in ("zarr.json", ".zarray", ".zgroup", ".zattrs") if (here / m).is_file()]
-    else:  # a slice folder: one small stat per section
-        files = [_stat(p) for p in sorted(path.iterdir()) if p.is_file()]
-    shape = [int(n) for n in vol.shape]
+
+def _zarr_metadata(path: Path, key: Optional[str]) -> list:
+    """The array's own metadata files (an array written anew rewrites them); its groups' are left out:
+    they change when a sibling array or an attribute is added to them."""
+    here = path / key.strip("/") if key else path
+    return [_stat(here / m) for m in ("zarr.json", ".zarray", ".zattrs") if (here / m).is_file()]
+
+
+def _sample(vol) -> str:
+    """sha256 of what is read of the volume. Page-based formats (TIFF stacks, slice folders) decode
+    a whole plane to read any part of it: there, ``SAMPLE_PLANES`` whole planes (first, middle,
+    last), each decoded once. Chunked formats (HDF5, Zarr): ``SAMPLE_EDGE``-voxel boxes at the 8
+    corners and the centre, a chunk decode or so each."""
+    shape, sample = [int(n) for n in vol.shape], hashlib.sha256()
+    if vol.format in ("tiff", "slices"):
+        for z in sorted({0, shape[0] // 2, shape[0] - 1}):
+            sample.update(np.ascontiguousarray(vol[z]).tobytes())
+        return sample.hexdigest()
     starts = [[0, max(0, n // 2 - SAMPLE_EDGE // 2), max(0, n - SAMPLE_EDGE)] for n in shape]
     picks = [[0] * len(shape), [2] * len(shape), [1] * len(shape)]  # first corner, last corner, centre
     picks += [[(c >> a) & 1 and 2 for a in range(len(shape))] for c in range(1, 2 ** len(shape) - 1)]  # other corners
-    sample = hashlib.sha256()
     for pick in picks:
         box = tuple(slice(starts[a][p], starts[a][p] + SAMPLE_EDGE) for a, p in enumerate(pick))
         sample.update(np.ascontiguousarray(vol[box]).tobytes())
-    return {"address": [str(path), vol.key, shape, str(vol.dtype)], "files": files, "sample": sample.hexdigest()}
+    return sample.hexdigest()
+
+
+def input_identity(vol) -> dict:
+    """What identifies the input's contents, cheaply for huge volumes.
+
+    * What changes when it is rewritten: for an HDF5 dataset, the dataset itself (object address,
+      stored bytes, chunks and filters; not the file's size or modification time, which change when
+      other datasets are added to it); for a Zarr array, its own metadata files (size and
+      modification time); for a TIFF stack, the file; for a slice folder, each slice file.
+    * A hash of samples read through the volume (:func:`_sample`), so that new contents are noticed
+      even where the modification times were kept (a copy with ``cp -p``, chunks replaced in place).
+
+    Not noticed: an in-place edit that no sample reads and, for HDF5, that keeps the stored size
+    (uncompressed data, or compressed data that compresses to the same size).
+    """
+    path = Path(vol.path).resolve()
+    if vol.format == "hdf5":
+        stored = _h5_dataset(path, vol.key)
+    elif vol.format == "zarr":
+        stored = _zarr_metadata(path, vol.key)
+    elif vol.format == "tiff":
+        stored = [_stat(path)]
+    else:  # a slice folder: one small stat per section (other files in the folder are not the input)
+        from pytc._io_tiff import SLICE_SUFFIXES
+
+        stored = [_stat(p) for p in sorted(path.iterdir())
+                  if p.suffix.lower() in SLICE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+    shape = [int(n) for n in vol.shape]
+    return {"address": [str(path), vol.key, shape, str(vol.dtype)], "stored": stored, "sample": _sample(vol)}
 
 
 def checkpoint_identity(folder: Path) -> str:

@@ -328,3 +328,107 @@ def test_a_window_too_large_for_memory_is_refused_before_allocating(setup, tmp_p
     assert re.search(r"needs at least [\d.]+ [KMGTPE]?B", line), line
     assert time.perf_counter() - start < 30
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ------------------------------------------------------------------ what identifies the input --
+def test_adding_a_dataset_to_the_input_hdf5_file_keeps_its_identity(tmp_path):
+    from pytc.io import create_volume
+
+    path = tmp_path / "f.h5"
+    raw = _write_h5(path, _image(8, (16, 32, 32)))
+    with open_volume(raw) as v:
+        before = store.input_identity(v)
+    with create_volume(f"{path}:other", (2, 8, 8), "uint8") as w:  # added in place, as a commit does
+        w[...] = 1
+    with h5py.File(path, "a") as f:  # and by any other program
+        f.create_dataset("notes", data=np.arange(1000))
+    with open_volume(raw) as v:
+        assert store.input_identity(v) == before
+    with h5py.File(path, "a") as f:  # the dataset itself rewritten: noticed
+        f["raw"][0, 0, :4] = f["raw"][0, 0, :4] + 1
+    with open_volume(raw) as v:
+        assert store.input_identity(v) != before
+
+
+def test_adding_a_sibling_array_to_the_input_zarr_group_keeps_its_identity(tmp_path):
+    import zarr
+
+    from pytc.io import create_volume
+
+    root = zarr.open_group(str(tmp_path / "vol.zarr"), mode="w")
+    root.create_array("raw", shape=(16, 32, 32), chunks=(8, 16, 16), dtype="uint8")[...] = _image(9, (16, 32, 32))
+    spec = str(tmp_path / "vol.zarr" / "raw")
+    with open_volume(spec) as v:
+        before = store.input_identity(v)
+    with create_volume(str(tmp_path / "vol.zarr" / "pred"), (2, 8, 8), "uint8") as w:
+        w[...] = 1
+    root = zarr.open_group(str(tmp_path / "vol.zarr"), mode="a")
+    root.create_array("other", shape=(4,), dtype="uint8")[...] = 3
+    root.attrs["note"] = "a group attribute"
+    with open_volume(spec) as v:
+        assert store.input_identity(v) == before
+    zarr.open_array(spec, mode="a")[0, 0, :4] = 255 - _image(9, (16, 32, 32))[0, 0, :4]
+    with open_volume(spec) as v:
+        assert store.input_identity(v) != before
+
+
+def test_resume_of_hdf5_input_into_the_same_file_survives_a_dataset_added_meanwhile(setup, tmp_path, monkeypatch):
+    """``pytc infer f.h5:raw -o f.h5:pred``, interrupted; another dataset lands in f.h5; the rerun resumes."""
+    from pytc.io import convert
+
+    raw = _write_h5(tmp_path / "f.h5", _image(10, (8, 32, 64)))
+    argv = ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", f"{tmp_path / 'f.h5'}:pred"]
+    _interrupt_after(monkeypatch, 2)
+    assert runner.invoke(app, argv).exit_code == 130
+    monkeypatch.undo()
+    convert(raw, f"{tmp_path / 'f.h5'}:copy", progress=False)
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0 and "8 blocks: 6 computed, 2 skipped" in result.output, result.output
+    with open_volume(f"{tmp_path / 'f.h5'}:pred") as v:
+        np.testing.assert_array_equal(v[...], _fresh(setup, raw, tmp_path / "fresh.zarr"))
+
+
+def _count_decodes(monkeypatch) -> list:
+    """Record every page of a TIFF stack and every slice file decoded (the units these formats read)."""
+    from pytc import _io_tiff
+
+    decoded = []
+    page, load = _io_tiff.TiffReader._page, _io_tiff.SlicesReader._load
+    monkeypatch.setattr(_io_tiff.TiffReader, "_page", lambda self, z: decoded.append(z) or page(self, z))
+    monkeypatch.setattr(_io_tiff.SlicesReader, "_load", lambda self, f: decoded.append(f.name) or load(self, f))
+    return decoded
+
+
+@pytest.mark.parametrize("form", ["tiff stack", "slice folder"])
+def test_identifying_a_page_based_input_decodes_three_planes(tmp_path, monkeypatch, form):
+    import tifffile
+
+    data = _image(11, (64, 24, 40))
+    if form == "tiff stack":  # compressed: read page by page, not memory-mapped
+        spec = tmp_path / "stack.tif"
+        tifffile.imwrite(spec, data, compression="zlib")
+    else:
+        spec = tmp_path / "slices"
+        spec.mkdir()
+        for z, plane in enumerate(data):
+            tifffile.imwrite(spec / f"s_{z:03d}.tif", plane, compression="zlib")
+    decoded = _count_decodes(monkeypatch)
+    with open_volume(spec) as v:
+        before = store.input_identity(v)
+    assert len(decoded) == 3, decoded  # the first, middle and last planes, each once
+    if form == "slice folder":  # files beside the slices are not the input
+        (spec / "notes.txt").write_text("acquired on ...")
+        (spec / ".DS_Store").write_bytes(b"\0")
+        with open_volume(spec) as v:
+            assert store.input_identity(v) == before
+
+    changed = data.copy()
+    changed[32, 20, 3] ^= 1  # one voxel of a sampled plane, away from every 16³ corner box
+    if form == "tiff stack":
+        tifffile.imwrite(spec, changed, compression="zlib")
+    else:
+        tifffile.imwrite(spec / "s_032.tif", changed[32], compression="zlib")
+        os.utime(spec / "s_032.tif", ns=(os.stat(spec / "s_031.tif").st_mtime_ns,) * 2)
+    with open_volume(spec) as v:
+        after = store.input_identity(v)
+    assert after["sample"] != before["sample"]  # the whole sampled plane is hashed, not boxes of it
