@@ -478,11 +478,13 @@ def h5_commit(tmp: Path, final: Path, key: str, *, whole_file: bool, force: bool
               keep_tmp: bool = False) -> None:
     """Move the dataset ``key`` of the finished file ``tmp`` into ``final`` (see the note above);
     ``tmp`` is removed (on failure too, unless ``keep_tmp``: a resumable partial file). With
-    ``whole_file``, ``tmp`` replaces ``final``.
+    ``whole_file``, ``tmp`` replaces ``final`` (an existing one only with ``force``).
 
     Raises:
-        OutputExistsError: ``final`` got ``key`` (or became a non-HDF5 file) meanwhile and not ``force``.
-        VolumeError: another process kept ``final`` open for longer than :data:`COMMIT_WAIT_S`.
+        OutputExistsError: without ``force``, ``final`` got ``key`` (or became a non-HDF5 file)
+            meanwhile; for ``whole_file``, ``final`` appeared meanwhile.
+        VolumeError: another process kept ``final`` open for longer than :data:`COMMIT_WAIT_S`; the
+            key cannot be a dataset of ``final`` (a parent became a dataset, the key a group).
         LockedError: another commit held ``final`` for longer than that.
     """
     import time
