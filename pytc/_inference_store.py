@@ -81,6 +81,24 @@ def output_spec(output) -> str:
     return text
 
 
+def check_output_free(out_spec: str) -> None:
+    """Refuse at once, naming the holder (:class:`pytc.locks.LockedError`), when another process is
+    writing ``out_spec``: a probe of the lock :func:`pytc.io.create_volume` takes later, held only for
+    the check, so that a second run stops before loading the model and reading the input. Only
+    rank 0 probes (under ``accelerate launch`` the others would meet each other's probe); a run that
+    starts between the probe and ``create_volume`` is still refused there."""
+    from pytc.io import disk_errors, output_lock_path
+    from pytc.locks import exclusive
+
+    lock = output_lock_path(out_spec)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        return
+    if not lock.parent.is_dir():  # no folder yet: nobody writes there
+        return
+    with disk_errors(out_spec), exclusive(lock, f"output {out_spec}"):
+        pass
+
+
 def h5_compression(cfg, explicit: bool = True) -> None:
     """HDF5 zstd/lz4 need the hdf5plugin package; without it fall back to gzip (HDF5's own), with a
     warning when the user asked for that codec (``explicit``), quietly for the config's default."""
@@ -136,7 +154,9 @@ def _h5_dataset(path: Path, key: str) -> list:
     (compressed data that changes changes size, nearly always) and its layout and filters."""
     import h5py
 
-    with h5py.File(path, "r") as f:
+    from pytc._io_formats import h5_open_read
+
+    with h5_open_read(path) as f:  # waits while another process commits a dataset into the file
         ds = f[key]
         plist = ds.id.get_create_plist()
         filters = [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]

@@ -551,7 +551,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             dtype) or output (one line each); a non-finite prediction, naming its block.
         VolumeError: a partial store of this output was written with another input, checkpoint or
             config (naming which; ``resume=False`` starts over), or the disk is full.
-        LockedError: another process is writing this output.
+        LockedError: another process is writing this output (checked before the model is loaded).
     """
     from pytc.config import load_config, parse_overrides
     from pytc.engine.checkpoint import CONFIG, load_checkpoint_for_inference, resolve_checkpoint
@@ -564,6 +564,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     if not force and output_exists(out_spec):
         raise OutputExistsError(f"{out_spec} exists; pass --force to overwrite")
     check_writable(parse_spec(out_spec).path)  # before the model is loaded and the input scanned
+    store.check_output_free(out_spec)  # likewise: a second run of an output being written stops here
     folder = resolve_checkpoint(ckpt)
     saved, model = load_checkpoint_for_inference(folder)
     _check_weights(model, folder)

@@ -432,3 +432,29 @@ def test_identifying_a_page_based_input_decodes_three_planes(tmp_path, monkeypat
     with open_volume(spec) as v:
         after = store.input_identity(v)
     assert after["sample"] != before["sample"]  # the whole sampled plane is hashed, not boxes of it
+
+
+def test_an_output_being_written_is_refused_before_the_model_is_loaded(setup, tmp_path, monkeypatch):
+    from pytc.engine import checkpoint as engine_ckpt
+    from pytc.io import output_lock_path
+
+    raw = _write_h5(tmp_path / "raw.h5", _image(12, (8, 32, 32)))
+    out = f"{tmp_path / 'f.h5'}:pred"
+    holder = subprocess.Popen(  # another process writing this output (a real one: its own flock)
+        [sys.executable, "-c", "import sys, time; from pytc.locks import exclusive\n"
+         "with exclusive(sys.argv[1], 'output'):\n    print('held', flush=True); time.sleep(120)",
+         str(output_lock_path(out))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        loaded = []
+        real = engine_ckpt.load_checkpoint_for_inference
+        monkeypatch.setattr(engine_ckpt, "load_checkpoint_for_inference", lambda f: loaded.append(f) or real(f))
+        result = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", out])
+        line = _one_line(result.output, result.exit_code)
+        assert f"pid {holder.pid}" in line and "f.h5:pred" in line, line
+        assert loaded == []  # refused before the model was loaded or the input read
+    finally:
+        holder.kill()
+        holder.wait()
+    result = runner.invoke(app, ["infer", "--ckpt", str(setup["ckpt"]), "--input", raw, "--output", out])
+    assert result.exit_code == 0, result.output  # the lock of the killed holder is taken over
