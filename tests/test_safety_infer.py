@@ -373,7 +373,8 @@ def test_adding_a_sibling_array_to_the_input_zarr_group_keeps_its_identity(tmp_p
 
 
 def test_resume_of_hdf5_input_into_the_same_file_survives_a_dataset_added_meanwhile(setup, tmp_path, monkeypatch):
-    """``pytc infer f.h5:raw -o f.h5:pred``, interrupted; another dataset lands in f.h5; the rerun resumes."""
+    """Guard for the input fingerprint: ``pytc infer f.h5:raw -o f.h5:pred``, interrupted; another
+    dataset lands in f.h5; the rerun resumes (the file changed, the dataset did not)."""
     from pytc.io import convert
 
     raw = _write_h5(tmp_path / "f.h5", _image(10, (8, 32, 64)))

@@ -92,6 +92,7 @@ def test_resumable_writers_of_two_datasets_of_one_file_have_their_own_partial_fi
 
 
 def test_reading_one_dataset_and_writing_another_of_the_same_hdf5_file_in_one_process(tmp_path):
+    """Guard: the in-file commit must not break what worked when the file was replaced whole."""
     target = tmp_path / "f.h5"
     raw = noise((8, 32, 32), 3)
     with h5py.File(target, "w") as f:

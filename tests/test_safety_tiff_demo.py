@@ -174,6 +174,7 @@ def test_demo_synth_killed_while_replacing_keeps_the_old_volume(tmp_path, name):
 
 
 def test_demo_synth_without_force_keeps_an_existing_volume(tmp_path):
+    """Guard: the new write-then-rename path still refuses an existing output without --force."""
     out = tmp_path / "o.h5"
     out.write_bytes(b"mine")
     line = one_line(pytc("demo", "synth", out, "--shape", "4", "8", "8"))
@@ -217,6 +218,7 @@ def test_demo_into_a_read_only_folder_is_one_line_before_any_work(read_only_dir,
 
 
 def test_demo_synth_into_a_read_only_folder_is_one_line(read_only_dir):
+    """Guard, beside the `pytc demo` case that failed: `demo synth` was already one line here."""
     line = one_line(pytc("demo", "synth", read_only_dir / "o.h5", "--shape", "4", "8", "8"))
     assert f"cannot write {read_only_dir / 'o.h5'}" in line
     assert os.listdir(read_only_dir) == []

@@ -168,6 +168,7 @@ def test_after_a_kill_9_of_the_holder_resume_auto_takes_the_lock(data, tmp_path)
 
 
 def test_a_refused_start_leaves_no_run_folder_behind(data, tmp_path):
+    """Guard: taking the run folder's lock creates the folder; a refused start removes it again."""
     run_dir = tmp_path / "new" / "run"
     result = runner.invoke(app, ["train", str(data["cfg"]), *QUIET, "--run-dir", str(run_dir),
                                  "--resume", str(tmp_path / "nowhere")])
