@@ -35,13 +35,11 @@ def train(
     previews/ and checkpoints/ (best, last, step-*). One run at a time per RUN_DIR.
     Multi-GPU: accelerate launch --num_processes N $(which pytc) train CONFIG [OVERRIDES...]
     """
-    from pytc.config import config_files, load_config
+    from pytc.config import config_files, default_run_dir, load_config
     from pytc.engine import fit  # imports torch: only when training, never for `pytc --help`
 
-    from pathlib import Path
-
     cfg = load_config(config, overrides)
-    run_dir = run_dir or cfg.system.output_dir or str(Path("runs") / Path(config).stem)
+    run_dir = run_dir or str(default_run_dir(cfg, config))
     try:
         summary = fit(cfg, run_dir=run_dir, resume=resume, fast_dev_run=fast_dev_run, inputs=[config, *config_files(config)])
     except KeyboardInterrupt:

@@ -738,6 +738,25 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return config_from_dict(data, origin=str(path) if path is not None else "config", sources=sources)
 
 
+DEFAULT_RUN_ROOT = "runs"
+UNNAMED_RUN = "pytc"  # the run folder's name for a config built in code (no file to name it after)
+
+
+def default_run_dir(cfg: PytcConfig, config_path: str | os.PathLike | None = None) -> Path:
+    """The run directory when none is given: ``system.output_dir``, else ``runs/<config file name>``.
+
+    A config built in code (``config_path`` None) runs in ``runs/pytc``.
+
+    Example:
+        >>> default_run_dir(load_config(None), "configs/lucchi.yaml").as_posix()
+        'runs/lucchi'
+    """
+    if cfg.system.output_dir:
+        return Path(cfg.system.output_dir)
+    name = Path(config_path).stem if config_path is not None else UNNAMED_RUN
+    return Path(DEFAULT_RUN_ROOT) / name
+
+
 def dump_config(cfg: PytcConfig) -> str:
     """The resolved config as YAML; loading it again gives an equal config.
 

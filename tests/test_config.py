@@ -13,6 +13,7 @@ from pytc.config import (
     PytcConfig,
     config_from_dict,
     config_schema,
+    default_run_dir,
     dump_config,
     iter_fields,
     load_config,
@@ -147,6 +148,15 @@ def test_union_type_error_reported_once_with_types():
 def test_choice_error_lists_choices():
     with pytest.raises(ConfigError, match=r"training\.precision: Input should be '32', '16-mixed' or 'bf16-mixed'"):
         load_config(None, ["training.precision=fp8"])
+
+
+def test_default_run_dir_is_runs_slash_config_name_unless_output_dir_is_set(tmp_path):
+    (tmp_path / "mito.yaml").write_text("data:\n  batch_size: 2\n")
+    cfg = load_config(tmp_path / "mito.yaml")
+    assert default_run_dir(cfg, tmp_path / "mito.yaml") == Path("runs/mito")
+    assert default_run_dir(load_config(None)) == Path("runs/pytc")  # built in code: no file to name it after
+    chosen = load_config(tmp_path / "mito.yaml", ["system.output_dir=/scratch/here"])
+    assert default_run_dir(chosen, tmp_path / "mito.yaml") == Path("/scratch/here")
 
 
 def test_precision_given_as_int_is_accepted():

@@ -270,6 +270,16 @@ def test_a_run_directory_with_checkpoints_is_not_overwritten(blobs, tmp_path):
         fit(tiny_cfg(blobs, "training.max_steps=1", val=False), run_dir=tmp_path)
 
 
+def test_fit_without_run_dir_writes_to_runs_slash_config_name(blobs, tmp_path, monkeypatch):
+    # The same default as `pytc train` (README: runs/<config name>/), not a name of fit's own.
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "mito.yaml"
+    config.write_text("{}\n")
+    out = fit(tiny_cfg(blobs, "training.max_steps=1", val=False), inputs=[config])
+    assert Path(out["run_dir"]) == Path("runs/mito")
+    assert (tmp_path / "runs" / "mito" / "checkpoints").is_dir()
+
+
 def test_unknown_monitor_is_a_config_error(blobs, tmp_path):
     with pytest.raises(ConfigError, match="checkpoint.monitor is 'val/acc'; use one of val/loss"):
         fit(tiny_cfg(blobs, "checkpoint.monitor=val/acc"), run_dir=tmp_path)

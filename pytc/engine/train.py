@@ -59,12 +59,13 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
     Args:
         cfg: The resolved config.
-        run_dir: Where the run writes (default ``cfg.system.output_dir``, else ``runs/pytc``): ``config.yaml``,
+        run_dir: Where the run writes (default :func:`pytc.config.default_run_dir`: ``cfg.system.output_dir``,
+            else ``runs/<name of the config file, inputs[0]>``, else ``runs/pytc``): ``config.yaml``,
             ``metrics.jsonl``, ``previews/``, ``checkpoints/`` and ``tensorboard/``.
         resume: ``"auto"`` (the newest complete checkpoint of ``run_dir``, or a fresh start if there
             is none) or a checkpoint path. Resuming on CPU reproduces an uninterrupted run bit for bit.
         fast_dev_run: Smoke test: one optimizer step, one validation volume, one checkpoint.
-        inputs: Files the run reads and must never overwrite (the config file). When ``RUN/config.yaml``
+        inputs: Files the run reads and must never overwrite (the config file first). When ``RUN/config.yaml``
             is one of them (``pytc train RUN/config.yaml --run-dir RUN``), the resolved config is
             written to ``RUN/config.resolved.yaml`` instead.
 
@@ -88,7 +89,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from pytc.config import dump_config
+    from pytc.config import default_run_dir, dump_config
     from pytc.data.dataset import build_train_loader, load_val_volumes
     from pytc.data.targets import check_out_channels
     from pytc.engine.optim import build_ema, build_optimizer, build_scheduler, is_plateau
@@ -103,7 +104,8 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         if monitor not in VAL_METRICS:
             raise ConfigError(f"{key} is {monitor!r}; use one of {', '.join(VAL_METRICS)}")
     tc = cfg.training
-    run_dir = Path(run_dir or cfg.system.output_dir or "runs/pytc")
+    inputs = [Path(os.fspath(f)) for f in inputs]
+    run_dir = Path(run_dir or default_run_dir(cfg, inputs[0] if inputs else None))
     ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
     check_writable(run_dir, folder=True)  # a file in the way, a read-only folder: say so before any work
     config_file = _config_destination(run_dir, inputs)
@@ -528,7 +530,7 @@ def _restore(path: Path, state: dict, cfg, raw_model, optimizer, scheduler, ema,
 
 def _save(ckpt_dir: Path, step: int, cfg, raw_model, ema, optimizer, scheduler, accelerator, es: dict,
           metrics: dict) -> Path:
-    from pytc.config import dump_config
+    from pytc.config import default_run_dir, dump_config
 
     training_state = {
         "step": step,
