@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal, get_args
 
 
 class Compression(str, Enum):
@@ -20,6 +21,12 @@ class Precision(str, Enum):
     fp32 = "32"
     fp16_mixed = "16-mixed"
     bf16_mixed = "bf16-mixed"
+
+
+# Validation metrics logged by training (metrics.jsonl, checkpoint meta.json): what checkpoint.monitor
+# and early_stopping.monitor may name. A Literal, not an Enum: the names are dictionary keys.
+ValMetric = Literal["val/loss", "val/iou", "val/dice"]
+VAL_METRICS: tuple[str, ...] = get_args(ValMetric)
 
 
 class OutputDtype(str, Enum):

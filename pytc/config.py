@@ -32,7 +32,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pytc.choices import MERGE_FUNCTIONS, Compression, DecodeMethod, EvalTask, OutputDtype, Precision
+from pytc.choices import MERGE_FUNCTIONS, Compression, DecodeMethod, EvalTask, OutputDtype, Precision, ValMetric
 from pytc.errors import ConfigError
 
 ENV_PREFIX = "PYTC_"
@@ -272,7 +272,7 @@ class TrainingConfig(_Section):
 class CheckpointConfig(_Section):
     """Checkpointing (written under system.output_dir/checkpoints)."""
 
-    monitor: str = Field("val/loss", description="Metric that ranks checkpoints.")
+    monitor: ValMetric = Field("val/loss", description="Metric that ranks checkpoints.")
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher monitor values are better.")
     save_top_k: int = Field(3, ge=0, description="Best checkpoints kept.")
     save_last: bool = Field(True, description="Always keep the latest checkpoint (for resuming).")
@@ -283,7 +283,7 @@ class EarlyStoppingConfig(_Section):
     """Stop when the monitored validation metric stops improving."""
 
     enabled: bool = Field(False, description="Turn early stopping on.")
-    monitor: str = Field("val/loss", description="Metric to watch.")
+    monitor: ValMetric = Field("val/loss", description="Metric to watch.")
     patience: int = Field(10, ge=1, description="Validations without improvement before stopping.")
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
@@ -858,7 +858,7 @@ def _format_validation_error(err: ValidationError, origin: str, sources: dict[st
             if tagged is not None:
                 text = f"expected {_type_name(_annotation_at(loc[:tagged]))}"
             else:
-                text = e["msg"].removeprefix("Value error, ")
+                text = e["msg"].removeprefix("Value error, ") + _did_you_mean(e, loc)
             msg = f"{key}: {text}" + ("" if e["type"] == "missing" or isinstance(given, dict) else f", got {_short(given)}")
         seen.add(key)
         messages.append((_source_of(key, sources or {}, origin), msg))
@@ -894,6 +894,25 @@ def _source_of(key: str, sources: dict[str, str], origin: str) -> str:
         if below:
             return sources[min(below)]
     return origin
+
+
+def _did_you_mean(error: dict, loc: tuple) -> str:
+    """`` — did you mean 'x'?`` when a choice field (Literal or Enum) got a near miss, else ``""``."""
+    import enum
+    import typing
+
+    given = error.get("input")
+    if error["type"] not in ("literal_error", "enum") or not isinstance(given, str):
+        return ""
+    ann = _annotation_at(loc)
+    if typing.get_origin(ann) is Literal:
+        choices = [str(a) for a in typing.get_args(ann)]
+    elif isinstance(ann, type) and issubclass(ann, enum.Enum):
+        choices = [str(m.value) for m in ann]
+    else:
+        return ""
+    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.6)
+    return f" — did you mean {close[0]!r}?" if close else ""
 
 
 def _is_type_tag(part: Any) -> bool:

@@ -280,9 +280,21 @@ def test_fit_without_run_dir_writes_to_runs_slash_config_name(blobs, tmp_path, m
     assert (tmp_path / "runs" / "mito" / "checkpoints").is_dir()
 
 
-def test_unknown_monitor_is_a_config_error(blobs, tmp_path):
-    with pytest.raises(ConfigError, match="checkpoint.monitor is 'val/acc'; use one of val/loss"):
-        fit(tiny_cfg(blobs, "checkpoint.monitor=val/acc"), run_dir=tmp_path)
+def test_unknown_monitor_is_refused_by_the_config_with_did_you_mean(blobs):
+    with pytest.raises(ConfigError) as err:
+        tiny_cfg(blobs, "checkpoint.monitor=val/iuo")
+    assert str(err.value) == ("override 'checkpoint.monitor=val/iuo': checkpoint.monitor: Input should be "
+                              "'val/loss', 'val/iou' or 'val/dice' — did you mean 'val/iou'?, got 'val/iuo'")
+    with pytest.raises(ConfigError, match="early_stopping.monitor: Input should be 'val/loss'"):
+        tiny_cfg(blobs, "early_stopping.monitor=val/acc")
+
+
+def test_the_metrics_a_monitor_may_name_are_the_metrics_validation_logs(blobs, tmp_path):
+    from pytc.choices import VAL_METRICS
+
+    fit(tiny_cfg(blobs, "training.max_steps=1", "training.val_check_interval=1"), run_dir=tmp_path)
+    logged = {k for row in read_metrics(tmp_path) for k in row if k.startswith("val/")}
+    assert logged == set(VAL_METRICS)
 
 
 def test_two_processes_stay_in_sync(blobs, tmp_path):

@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
+from pytc.choices import VAL_METRICS
 from pytc.engine import checkpoint as ckpt
-from pytc.errors import CheckpointError, ConfigError, OutputExistsError, PytcError
+from pytc.errors import CheckpointError, OutputExistsError, PytcError
 from pytc.io import check_writable, disk_errors
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
     from pytc.config import PytcConfig
 
-VAL_METRICS = ("val/loss", "val/iou", "val/dice")
 
 
 _clock = time.monotonic  # training.max_minutes's clock (tests move it)
@@ -81,7 +81,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         ``model`` is this process's trained model (unwrapped, raw weights).
 
     Raises:
-        PytcError: configuration mistakes (out_channels vs targets, unknown monitor), a run
+        PytcError: configuration mistakes (out_channels vs targets), a run
             directory that already has checkpoints (pass ``resume``) or that another process is
             training into, an incompatible or damaged checkpoint, or a loss that became NaN/inf.
     """
@@ -99,10 +99,6 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
     # ---- check everything a user can get wrong before spending time on it
     check_out_channels(cfg.model.out_channels, cfg.data.targets, cfg.model.spatial_dims)
-    monitors = {"checkpoint.monitor": cfg.checkpoint.monitor, "early_stopping.monitor": cfg.early_stopping.monitor}
-    for key, monitor in monitors.items():
-        if monitor not in VAL_METRICS:
-            raise ConfigError(f"{key} is {monitor!r}; use one of {', '.join(VAL_METRICS)}")
     tc = cfg.training
     inputs = [Path(os.fspath(f)) for f in inputs]
     run_dir = Path(run_dir or default_run_dir(cfg, inputs[0] if inputs else None))
