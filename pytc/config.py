@@ -858,8 +858,9 @@ def _format_validation_error(err: ValidationError, origin: str, sources: dict[st
             if tagged is not None:
                 text = f"expected {_type_name(_annotation_at(loc[:tagged]))}"
             else:
-                text = e["msg"].removeprefix("Value error, ") + _did_you_mean(e, loc)
+                text = e["msg"].removeprefix("Value error, ")
             msg = f"{key}: {text}" + ("" if e["type"] == "missing" or isinstance(given, dict) else f", got {_short(given)}")
+            msg += _did_you_mean(e, loc) if tagged is None else ""
         seen.add(key)
         messages.append((_source_of(key, sources or {}, origin), msg))
     more = f"; and {len(messages) - _MAX_MESSAGES} more" if len(messages) > _MAX_MESSAGES else ""

@@ -159,6 +159,12 @@ def test_default_run_dir_is_runs_slash_config_name_unless_output_dir_is_set(tmp_
     assert default_run_dir(chosen, tmp_path / "mito.yaml") == Path("/scratch/here")
 
 
+def test_a_near_miss_of_a_choice_gets_a_did_you_mean():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["training.precision=bf16mixed"])
+    assert str(err.value).endswith("got 'bf16mixed' — did you mean 'bf16-mixed'?")
+
+
 def test_precision_given_as_int_is_accepted():
     assert load_config(None, ["training.precision=32"]).training.precision == "32"
 

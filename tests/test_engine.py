@@ -284,7 +284,7 @@ def test_unknown_monitor_is_refused_by_the_config_with_did_you_mean(blobs):
     with pytest.raises(ConfigError) as err:
         tiny_cfg(blobs, "checkpoint.monitor=val/iuo")
     assert str(err.value) == ("override 'checkpoint.monitor=val/iuo': checkpoint.monitor: Input should be "
-                              "'val/loss', 'val/iou' or 'val/dice' — did you mean 'val/iou'?, got 'val/iuo'")
+                              "'val/loss', 'val/iou' or 'val/dice', got 'val/iuo' — did you mean 'val/iou'?")
     with pytest.raises(ConfigError, match="early_stopping.monitor: Input should be 'val/loss'"):
         tiny_cfg(blobs, "early_stopping.monitor=val/acc")
 
