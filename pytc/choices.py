@@ -23,6 +23,13 @@ class Precision(str, Enum):
     bf16_mixed = "bf16-mixed"
 
 
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
+
+# Label → target transforms (data.targets[].name), by what the network outputs for them.
+TargetKind = Literal["binary", "contour", "affinity", "distance"]
+BINARY_KINDS = frozenset({"binary", "contour", "affinity"})  # {0, 1} targets: logits, sigmoid for probabilities
+REGRESSION_KINDS = frozenset(get_args(TargetKind)) - BINARY_KINDS  # real-valued targets (distance): raw outputs
+
 # Validation metrics logged by training (metrics.jsonl, checkpoint meta.json): what checkpoint.monitor
 # and early_stopping.monitor may name. A Literal, not an Enum: the names are dictionary keys.
 ValMetric = Literal["val/loss", "val/iou", "val/dice"]

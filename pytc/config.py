@@ -32,7 +32,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pytc.choices import MERGE_FUNCTIONS, Compression, DecodeMethod, EvalTask, OutputDtype, Precision, ValMetric
+from pytc.choices import MERGE_FUNCTIONS, Compression, DecodeMethod, EvalTask, OutputDtype, Precision, TargetKind, ValMetric
 from pytc.errors import ConfigError
 
 ENV_PREFIX = "PYTC_"
@@ -128,7 +128,7 @@ class ModelConfig(_Section):
 class TargetConfig(_Section):
     """One label → target transform; the channels of all targets are concatenated in order."""
 
-    name: Literal["binary", "contour", "affinity", "distance"] = Field(
+    name: TargetKind = Field(
         ..., description="binary: foreground; contour: instance borders; affinity: one channel per offset; distance: EDT."
     )
     thickness: int = Field(1, ge=1, description="contour: border thickness in voxels.")

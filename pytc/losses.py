@@ -55,13 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pytc.choices import BINARY_KINDS, REGRESSION_KINDS
 from pytc.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from pytc.config import ModelConfig, TargetConfig
 
-BINARY_KINDS = frozenset({"binary", "contour", "affinity"})  # {0, 1} targets, sigmoid outputs
-REGRESSION_KINDS = frozenset({"distance"})  # real-valued targets, raw outputs
 ALL_KINDS = BINARY_KINDS | REGRESSION_KINDS
 
 # (logits, target, mask or None) -> scalar; logits/target/mask share shape (mask broadcastable).

@@ -29,12 +29,13 @@ import logging
 import os
 from typing import TYPE_CHECKING, Optional
 
+from pytc.choices import PRECISIONS
+
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("pytc")
 
-_PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 _warned: set[str] = set()  # each fallback message is shown once per process, not once per call
 
 
@@ -84,8 +85,8 @@ def resolve_precision(requested: str, device: "torch.device | str", training: bo
     import torch
 
     requested = str(getattr(requested, "value", requested))
-    if requested not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {requested!r}")
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     kind = torch.device(device).type
     if requested == "32":
         return "32"
