@@ -193,6 +193,28 @@ def test_each_set_of_choices_is_written_once_in_pytc_choices():
     assert found == []
 
 
+def test_tests_import_hard_dependencies_plainly():
+    """A broken install of a [project] dependency fails the tests; only optional packages may skip them."""
+    import ast
+    import importlib.metadata
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    hard = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    owners = importlib.metadata.packages_distributions()
+    skipped = []
+    for path in sorted((root / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "importorskip"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                module = node.args[0].value.split(".")[0]
+                dists = {d.lower().replace("_", "-") for d in owners.get(module, [module])}
+                if dists & hard:
+                    skipped.append(f"{path.name}:{node.lineno} {module}")
+    assert skipped == []
+
+
 def test_precision_given_as_int_is_accepted():
     assert load_config(None, ["training.precision=32"]).training.precision == "32"
 

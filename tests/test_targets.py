@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import cc3d
+import mwatershed
 import numpy as np
 import pytest
+import waterz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -198,9 +201,6 @@ def test_properties(label, thickness):
 
 def test_affinity_convention_matches_waterz_and_mwatershed():
     """Ground-truth affinities give back the instances: waterz as is, mwatershed with negated offsets."""
-    waterz = pytest.importorskip("waterz")
-    mwatershed = pytest.importorskip("mwatershed")
-    cc3d = pytest.importorskip("cc3d")
     blocks = np.random.default_rng(0).integers(1, 6, (3, 4, 4)).repeat(3, 0).repeat(3, 1).repeat(3, 2)
     label = cc3d.connected_components(blocks, connectivity=6)  # connected instances, no background
     aff = build_targets(label, [TargetConfig(name="affinity")])
