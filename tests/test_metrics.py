@@ -326,10 +326,6 @@ def test_prediction_store_from_pytc_infer(tmp_path, volume_factory):
     """A (C, Z, Y, X) uint8 store with pytc_scale / pytc_channels, as `pytc infer` writes it."""
     from pytc.io import create_volume
 
-    from pytc.io import VolumeWriter
-
-    if not hasattr(VolumeWriter, "set_attrs"):
-        pytest.skip("pytc.io cannot write attributes yet")
     gt = (blobs(seed=22) > 0).astype(np.uint8)
     probs = np.stack([np.full(gt.shape, 0.9), np.where(gt > 0, 0.6, 0.2)])
     spec = str(tmp_path / "pred.zarr")
