@@ -55,7 +55,7 @@ def run_one(method: str, src: str, dst: str, chunks, compression: str) -> dict:
     import zarr
 
     import pytc.io
-    from pytc._io_formats import _zarr_compressors  # the exact codec pytc writes, for a fair baseline
+    from pytc.io.zarr_store import zarr_compressors  # the exact codec pytc writes, for a fair baseline
 
     start = time.perf_counter()
     if method == "pytc":
@@ -70,7 +70,7 @@ def run_one(method: str, src: str, dst: str, chunks, compression: str) -> dict:
             dtype=data.dtype,
             chunks=chunks,
             fill_value=0,
-            compressors=_zarr_compressors(compression, 3),
+            compressors=zarr_compressors(compression, 3),
         )
         out[...] = data
     seconds = time.perf_counter() - start

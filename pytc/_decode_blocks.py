@@ -379,7 +379,7 @@ class Scratch:
             with self.disk_errors():
                 self._path = Path(tempfile.mkdtemp(prefix="pytc-decode-"))
         elif beside is not None:
-            from pytc._io_formats import TMP_TAG, clean_stale
+            from pytc.io.common import TMP_TAG, clean_stale
 
             beside = Path(beside).absolute()
             base = beside.with_name(f"{beside.name}-scratch")

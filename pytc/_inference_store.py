@@ -154,7 +154,7 @@ def _h5_dataset(path: Path, key: str) -> list:
     (compressed data that changes changes size, nearly always) and its layout and filters."""
     import h5py
 
-    from pytc._io_formats import h5_open_read
+    from pytc.io.hdf5 import h5_open_read
 
     with h5_open_read(path) as f:  # waits while another process commits a dataset into the file
         ds = f[key]
@@ -210,7 +210,7 @@ def input_identity(vol) -> dict:
     elif vol.format == "tiff":
         stored = [_stat(path)]
     else:  # a slice folder: one small stat per section (other files in the folder are not the input)
-        from pytc._io_tiff import SLICE_SUFFIXES
+        from pytc.io.tiff import SLICE_SUFFIXES
 
         stored = [_stat(p) for p in sorted(path.iterdir())
                   if p.suffix.lower() in SLICE_SUFFIXES and not p.name.startswith(".") and p.is_file()]

@@ -151,7 +151,7 @@ def write_synth(path: str | os.PathLike, shape: Sequence[int] = (64, 256, 256), 
     """
     import numpy as np
 
-    from pytc._io_formats import TMP_TAG, clean_stale, remove_path, swap_in
+    from pytc.io.common import TMP_TAG, clean_stale, remove_path, swap_in
     from pytc.io import check_writable, create_volume, disk_errors
     from pytc.locks import exclusive, lock_path_for
     from pytc.synth import check_options, make_em_volume

@@ -39,11 +39,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import pytc._io_formats as fmt
 from pytc.cli import app
 from pytc.config import dump_config, load_config
 from pytc.engine import checkpoint as ckpt
-from pytc.io import open_volume
+from pytc.io import blocks as io_blocks
+from pytc.io import open_volume, zarr_store
 from pytc.models import build_model
 
 runner = CliRunner()
@@ -380,7 +380,7 @@ def test_infer_killed_mid_volume_finishes_only_the_missing_blocks(infer_setup, t
 
 def test_infer_disk_full_keeps_finished_blocks_and_resumes(infer_setup, tmp_path, monkeypatch):
     s, n, k = infer_setup, infer_setup["blocks"], 7
-    real, calls = fmt.ZarrWriter.write, []
+    real, calls = zarr_store.ZarrWriter.write, []
 
     def full_disk(self, sel, value):
         calls.append(sel)
@@ -390,12 +390,12 @@ def test_infer_disk_full_keeps_finished_blocks_and_resumes(infer_setup, tmp_path
 
     out = tmp_path / "pred.zarr"
     argv = ["infer", "--ckpt", str(s["ckpt"]), "--input", s["input"], "--output", str(out)]
-    monkeypatch.setattr(fmt.ZarrWriter, "write", full_disk)
+    monkeypatch.setattr(zarr_store.ZarrWriter, "write", full_disk)
     line = one_line_error(runner.invoke(app, argv))
     assert f"cannot write {out}" in line and "No space left on device" in line
     assert not out.exists() and done_blocks(partial_store(out)[1]) == k  # the blocks written before are kept
 
-    monkeypatch.setattr(fmt.ZarrWriter, "write", real)
+    monkeypatch.setattr(zarr_store.ZarrWriter, "write", real)
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert f"{n} blocks: {n - k} computed, {k} skipped" in result.output
@@ -462,7 +462,7 @@ def test_convert_disk_full_keeps_the_earlier_output(tmp_path, monkeypatch):
     dst = tmp_path / "out.zarr"
     assert runner.invoke(app, ["convert", str(tmp_path / "src.h5"), str(dst), "--chunks", "2,16,16"]).exit_code == 0
     before = tree_hash(dst)
-    real, calls = fmt.ZarrWriter.write, []
+    real, calls = zarr_store.ZarrWriter.write, []
 
     def full_disk(self, sel, value):
         calls.append(sel)
@@ -470,10 +470,8 @@ def test_convert_disk_full_keeps_the_earlier_output(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(self, sel, value)
 
-    monkeypatch.setattr(fmt.ZarrWriter, "write", full_disk)
-    import pytc.io
-
-    monkeypatch.setattr(pytc.io, "BLOCK_BYTES", 4096)  # many small blocks: the disk fills up halfway
+    monkeypatch.setattr(zarr_store.ZarrWriter, "write", full_disk)
+    monkeypatch.setattr(io_blocks, "BLOCK_BYTES", 4096)  # many small blocks: the disk fills up halfway
     line = one_line_error(runner.invoke(app, ["convert", str(tmp_path / "src.h5"), str(dst), "--force",
                                               "--chunks", "2,16,16"]))
     assert f"cannot write {dst}" in line and "No space left on device" in line and len(calls) > 3
@@ -514,7 +512,7 @@ def _refuse_if_reached(monkeypatch, target: str, name: str) -> None:
 
 
 UNWRITABLE = {  # command -> (argv with OUT as the output path, the long work that must not start)
-    "convert": (lambda s, out: ["convert", s["input"], out], ("pytc.io", "_map_blocks")),
+    "convert": (lambda s, out: ["convert", s["input"], out], ("pytc.io.blocks", "map_blocks")),
     "infer": (lambda s, out: ["infer", "--ckpt", s["ckpt"], "--input", s["input"], "--output", out],
               ("pytc.engine.checkpoint", "load_checkpoint_for_inference")),
     "train": (lambda s, out: ["train", s["cfg"], *TRAIN, "--run-dir", out], ("pytc.models", "build_model")),

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import pytc.io as pio
 from pytc.errors import OutputExistsError, VolumeError
+from pytc.io import blocks as io_blocks
 from pytc.io import convert, create_volume, iter_blocks, open_volume, parse_spec, volume_info
 
 FORMATS = ["hdf5", "zarr", "tiff", "slices"]
@@ -84,11 +85,11 @@ def test_convert_property_round_trip(
     folder = tmp_path_factory.mktemp("prop")
     data = random_volume(shape, dtype, seed)
     src = write_volume(f"{folder}/a_{SPECS[src_fmt]}", data, chunks=chunks)
-    old, pio.BLOCK_BYTES = pio.BLOCK_BYTES, block_bytes
+    old, io_blocks.BLOCK_BYTES = io_blocks.BLOCK_BYTES, block_bytes
     try:
         convert(src, f"{folder}/b_{SPECS[dst_fmt]}", chunks=chunks[::-1], progress=False)
     finally:
-        pio.BLOCK_BYTES = old
+        io_blocks.BLOCK_BYTES = old
     assert_bit_exact(read_all(f"{folder}/b_{SPECS[dst_fmt]}")[0], data)
 
 
@@ -560,11 +561,11 @@ def test_iter_blocks_tiles_exactly_along_chunk_borders(max_bytes):
 
 
 def test_copy_plan_decodes_each_source_chunk_once_when_affordable():
-    unit, budget = pio._copy_plan((1, 512, 512), (64, 64, 64), (256, 512, 512), 1)  # TIFF pages → 64³
+    unit, budget = io_blocks._copy_plan((1, 512, 512), (64, 64, 64), (256, 512, 512), 1)  # TIFF pages → 64³
     assert unit == (64, 512, 512) and budget >= 64 * 512 * 512
-    unit, budget = pio._copy_plan((1, 8192, 8192), (64, 64, 64), (256, 8192, 8192), 1)  # 4 GB unit: too big
-    assert unit == (64, 64, 64) and budget == pio.MAX_BLOCK_BYTES
-    assert pio._copy_plan(None, (8, 8, 8), (64, 64, 64), 4) == ((8, 8, 8), pio.BLOCK_BYTES)
+    unit, budget = io_blocks._copy_plan((1, 8192, 8192), (64, 64, 64), (256, 8192, 8192), 1)  # 4 GB unit: too big
+    assert unit == (64, 64, 64) and budget == io_blocks.MAX_BLOCK_BYTES
+    assert io_blocks._copy_plan(None, (8, 8, 8), (64, 64, 64), 4) == ((8, 8, 8), io_blocks.BLOCK_BYTES)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint64", "int32", "float32"])
@@ -573,7 +574,7 @@ def test_volume_stats_match_numpy(volume_factory, monkeypatch, dtype):
     data = (rng.integers(-50, 500, (5, 9, 10)) if dtype != "uint8" else rng.integers(0, 40, (5, 9, 10))).astype(dtype)
     if dtype.startswith("uint"):
         data = np.abs(data)
-    monkeypatch.setattr(pio, "BLOCK_BYTES", 64)  # many blocks
+    monkeypatch.setattr(io_blocks, "BLOCK_BYTES", 64)  # many blocks
     info = volume_info(volume_factory("zarr", data, chunks=(2, 3, 4)), stats=True)
     assert (info["min"], info["max"]) == (data.min().item(), data.max().item())
     assert info["mean"] == pytest.approx(data.astype(np.float64).mean(), rel=1e-12)

@@ -391,12 +391,12 @@ def test_resume_of_hdf5_input_into_the_same_file_survives_a_dataset_added_meanwh
 
 def _count_decodes(monkeypatch) -> list:
     """Record every page of a TIFF stack and every slice file decoded (the units these formats read)."""
-    from pytc import _io_tiff
+    from pytc.io import tiff
 
     decoded = []
-    page, load = _io_tiff.TiffReader._page, _io_tiff.SlicesReader._load
-    monkeypatch.setattr(_io_tiff.TiffReader, "_page", lambda self, z: decoded.append(z) or page(self, z))
-    monkeypatch.setattr(_io_tiff.SlicesReader, "_load", lambda self, f: decoded.append(f.name) or load(self, f))
+    page, load = tiff.TiffReader._page, tiff.SlicesReader._load
+    monkeypatch.setattr(tiff.TiffReader, "_page", lambda self, z: decoded.append(z) or page(self, z))
+    monkeypatch.setattr(tiff.SlicesReader, "_load", lambda self, f: decoded.append(f.name) or load(self, f))
     return decoded
 
 

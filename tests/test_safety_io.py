@@ -20,7 +20,9 @@ import pytest
 from conftest import PYTC, fill_up, one_line, pytc
 
 from pytc import io
-from pytc.errors import PytcError, VolumeError
+from pytc.errors import OutputExistsError, PytcError, VolumeError
+from pytc.io import common as io_common
+from pytc.io import hdf5 as io_hdf5
 
 
 
@@ -268,7 +270,7 @@ def hold_open(path: Path, mode: str, seconds: float) -> subprocess.Popen:
 
 @pytest.fixture
 def short_commit_wait(monkeypatch):
-    monkeypatch.setattr(io.fmt, "COMMIT_WAIT_S", 0.5)
+    monkeypatch.setattr(io_hdf5, "COMMIT_WAIT_S", 0.5)
 
 
 def test_a_whole_hdf5_file_write_never_replaces_a_file_that_appeared_meanwhile(tmp_path, small_h5):
@@ -277,7 +279,7 @@ def test_a_whole_hdf5_file_write_never_replaces_a_file_that_appeared_meanwhile(t
     whole[...] = 1
     done = pytc("convert", f"{small_h5}:raw", f"{target}:B")  # another process adds f.h5:B meanwhile
     assert done.returncode == 0, done.stderr
-    with pytest.raises(io.OutputExistsError, match=r"f.h5 appeared while .* was written; pass --force"):
+    with pytest.raises(OutputExistsError, match=r"f.h5 appeared while .* was written; pass --force"):
         whole.commit()
     got = h5_datasets(target)
     assert sorted(got) == ["B"] and int(got["B"].sum()) == int(np.arange(256).sum())
@@ -307,7 +309,7 @@ def test_a_failed_commit_of_a_resumable_write_keeps_the_partial_data_and_its_rec
         holder = hold_open(target, "r", 30)  # a viewer keeps f.h5 open past the commit's wait
     else:
         spec, error, holder = str(tmp_path / "o.zarr"), r"cannot write .*o.zarr \(Permission denied\)", None
-        monkeypatch.setattr(io.fmt, "swap_in", lambda tmp, final: (_ for _ in ()).throw(PermissionError(13, "no")))
+        monkeypatch.setattr(io_common, "swap_in", lambda tmp, final: (_ for _ in ()).throw(PermissionError(13, "no")))
     try:
         out = io.create_volume(spec, (4, 8, 8), np.uint8, chunks=(2, 8, 8), resumable=True)
         (out.record_dir / "done").write_text("0 1")

@@ -1,6 +1,6 @@
-"""TIFF stacks and slice folders for :mod:`pytc.io` (private).
+"""TIFF stacks and slice folders for :mod:`pytc.io`.
 
-Readers and writers follow the protocol described in :mod:`pytc._io_formats`, whose shared helpers
+Readers and writers follow the protocol described in :mod:`pytc.io.common`, whose shared helpers
 they use. A multi-page TIFF is read page by page (or memory-mapped) and written as a stream; a slice
 folder holds one 2D TIFF/PNG image per z-plane. tifffile and PIL are imported inside functions:
 importing this module must stay cheap (``pytc --help``).
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pytc._io_formats import GZIP_LEVEL, ZSTD_LEVEL, _first_line, _native, as_voxel_size
 from pytc.errors import VolumeError
+from pytc.io.common import GZIP_LEVEL, ZSTD_LEVEL, _first_line, _native, as_voxel_size
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 _IMAGEJ_DTYPES = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)}

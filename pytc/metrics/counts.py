@@ -160,11 +160,11 @@ def _blocks(pred, gt, block_bytes: int | None):
 def stream(task: Callable, pred, gt, progress: bool, description: str, block_bytes: int | None):
     """Yield ``task(sel)`` for every block, computed on a small thread pool (reads and
     ``np.unique`` release the GIL) with a transient progress bar when ``progress``."""
-    from pytc.io import _map_blocks  # the package's bounded, ordered block pool with progress
+    from pytc.io import map_blocks  # the package's bounded, ordered block pool with progress
 
     itemsize = np.dtype(gt.dtype).itemsize + np.dtype(pred.dtype).itemsize
     total = math.prod(int(n) for n in gt.shape) * itemsize
-    yield from _map_blocks(task, _blocks(pred, gt, block_bytes), itemsize, progress, description, total)
+    yield from map_blocks(task, _blocks(pred, gt, block_bytes), itemsize, progress, description, total)
 
 
 def contingency_table(
