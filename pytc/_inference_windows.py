@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
+from pytc.choices import BINARY_KINDS
 from pytc.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-SIGMOID_KINDS = ("binary", "contour", "affinity")  # {0, 1} targets: the network outputs logits
 CHUNK_MAX, CHUNK_MIN = 64, 16  # output chunk edge: io's usual 64, and never tiny (files per chunk)
 
 Box = tuple[slice, ...]
@@ -365,7 +365,7 @@ class WindowPredictor:
         import torch
 
         self.model, self.augs, self.flat = model, list(augs), spatial_dims == 2
-        sig = [i for i, k in enumerate(kinds) if k in SIGMOID_KINDS]
+        sig = [i for i, k in enumerate(kinds) if k in BINARY_KINDS]  # {0, 1} targets: logits
         self.sigmoid = None if not sig else slice(None) if len(sig) == len(kinds) else torch.tensor(sig, device=device)
         self.autocast, self.device_type = autocast, device.type
         self.shifted = any(any(r[2] != (0, 0, 0) for r in a.routes) for a in self.augs)

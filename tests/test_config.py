@@ -187,10 +187,7 @@ def _choice_literals_outside_choices() -> list[str]:
 
 
 def test_each_set_of_choices_is_written_once_in_pytc_choices():
-    # The inference window code still spells out the binary kinds (SIGMOID_KINDS); it is to import
-    # pytc.choices.BINARY_KINDS instead, and then this exclusion goes.
-    found = [f for f in _choice_literals_outside_choices() if "inference" not in f]
-    assert found == []
+    assert _choice_literals_outside_choices() == []
 
 
 def test_tests_import_hard_dependencies_plainly():
