@@ -210,7 +210,7 @@ def input_identity(vol) -> dict:
     elif vol.format == "tiff":
         stored = [_stat(path)]
     else:  # a slice folder: one small stat per section (other files in the folder are not the input)
-        from pytc.io.tiff import SLICE_SUFFIXES
+        from pytc.io.slices import SLICE_SUFFIXES
 
         stored = [_stat(p) for p in sorted(path.iterdir())
                   if p.suffix.lower() in SLICE_SUFFIXES and not p.name.startswith(".") and p.is_file()]

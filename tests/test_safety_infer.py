@@ -391,12 +391,12 @@ def test_resume_of_hdf5_input_into_the_same_file_survives_a_dataset_added_meanwh
 
 def _count_decodes(monkeypatch) -> list:
     """Record every page of a TIFF stack and every slice file decoded (the units these formats read)."""
-    from pytc.io import tiff
+    from pytc.io import slices, tiff
 
     decoded = []
-    page, load = tiff.TiffReader._page, tiff.SlicesReader._load
+    page, load = tiff.TiffReader._page, slices.SlicesReader._load
     monkeypatch.setattr(tiff.TiffReader, "_page", lambda self, z: decoded.append(z) or page(self, z))
-    monkeypatch.setattr(tiff.SlicesReader, "_load", lambda self, f: decoded.append(f.name) or load(self, f))
+    monkeypatch.setattr(slices.SlicesReader, "_load", lambda self, f: decoded.append(f.name) or load(self, f))
     return decoded
 
 

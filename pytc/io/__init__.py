@@ -22,7 +22,7 @@ Modules: :mod:`~pytc.io.addresses` (:func:`parse_spec`), :mod:`~pytc.io.volume` 
 :mod:`~pytc.io.write` (writing, output locks), :mod:`~pytc.io.disk` (disk errors, small atomic files,
 checks before the work), :mod:`~pytc.io.blocks` (block tiling, the block pool, :func:`convert`),
 :mod:`~pytc.io.info` (:func:`volume_info`, :func:`list_volumes`), one module per format
-(:mod:`~pytc.io.hdf5`, :mod:`~pytc.io.zarr_store`, :mod:`~pytc.io.tiff`) and the helpers they share
+(:mod:`~pytc.io.hdf5`, :mod:`~pytc.io.zarr_store`, :mod:`~pytc.io.tiff`, :mod:`~pytc.io.slices`) and the helpers they share
 (:mod:`~pytc.io.common`: temporaries and stale files, attributes, index normalisation).
 
 Example:

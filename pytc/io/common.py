@@ -5,7 +5,7 @@ full tuple of non-empty slices with positive steps, already normalised by :class
 ``close()`` and ``disk_bytes()``. Each writer exposes ``chunks``, ``write(sel, value)``,
 ``finish()`` and ``abort()``; where and how the written data is swapped into place is
 :mod:`pytc.io.write`'s job. Back-ends: :mod:`pytc.io.hdf5`, :mod:`pytc.io.zarr_store`,
-:mod:`pytc.io.tiff`. Here: voxel sizes, attribute conversion, index normalisation, and the
+:mod:`pytc.io.tiff`, :mod:`pytc.io.slices`. Here: voxel sizes, attribute conversion, index normalisation, and the
 temporary/stale-file handling (:data:`TMP_TAG`, :func:`clean_stale`, :func:`swap_in`).
 """
 

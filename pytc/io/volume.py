@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pytc.errors import VolumeError
-from pytc.io import common, hdf5, tiff, zarr_store
+from pytc.io import common, hdf5, slices, tiff, zarr_store
 from pytc.io.addresses import VolumeSpec, _SPEC_FORMS, parse_spec
 
 class Volume:
@@ -106,7 +106,7 @@ def open_volume(spec: str | os.PathLike) -> Volume:
     elif vs.format == "tiff":
         reader = tiff.TiffReader(vs.path)
     else:
-        reader = tiff.SlicesReader(vs.path)
+        reader = slices.SlicesReader(vs.path)
     return Volume(reader, vs)
 
 

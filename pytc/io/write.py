@@ -14,7 +14,7 @@ import numpy as np
 
 from pytc.choices import Compression
 from pytc.errors import OutputExistsError, VolumeError
-from pytc.io import common, hdf5, tiff, zarr_store
+from pytc.io import common, hdf5, slices, tiff, zarr_store
 from pytc.io.addresses import DEFAULT_CHUNK, DEFAULT_H5_KEY, VolumeSpec, parse_spec
 from pytc.io.disk import check_writable, disk_errors
 from pytc.locks import exclusive, lock_path_for
@@ -339,7 +339,7 @@ def _create(vs, path, final, in_store, shape, dtype, chunks, compression, voxel_
         ome = path.name[: -len(".zarr")] if vs.key is None else None  # a bare out.zarr is an OME image
         writer, extra = zarr_store.ZarrWriter, {"name": vs.key or "0", "ome": ome}
     else:
-        writer, extra = tiff.TiffWriter if vs.format == "tiff" else tiff.SlicesWriter, {}
+        writer, extra = tiff.TiffWriter if vs.format == "tiff" else slices.SlicesWriter, {}
     if exists and not force:
         raise OutputExistsError(f"{vs.text} exists; pass --force to overwrite")
 
