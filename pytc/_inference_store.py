@@ -84,14 +84,16 @@ def output_spec(output) -> str:
 def check_output_free(out_spec: str) -> None:
     """Refuse at once, naming the holder (:class:`pytc.locks.LockedError`), when another process is
     writing ``out_spec``: a probe of the lock :func:`pytc.io.create_volume` takes later, held only for
-    the check, so that a second run stops before loading the model and reading the input. Only
-    rank 0 probes (under ``accelerate launch`` the others would meet each other's probe); a run that
-    starts between the probe and ``create_volume`` is still refused there."""
+    the check, so that a second run stops before loading the model and reading the input. Only a
+    single process probes: the ranks of one multi-process run would meet each other's probe, and
+    not every launcher says which rank a process is before the process group starts (Accelerate's
+    ``debug_launcher`` sets no ``RANK``); there, rank 0's ``create_volume`` takes the lock. A run
+    that starts between the probe and ``create_volume`` is refused there too."""
     from pytc.io import disk_errors, output_lock_path
     from pytc.locks import exclusive
 
     lock = output_lock_path(out_spec)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
     if not lock.parent.is_dir():  # no folder yet: nobody writes there
         return
