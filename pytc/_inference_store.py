@@ -295,7 +295,6 @@ class Carries:
         self._mem: dict[tuple[int, int], np.ndarray] = {}
         self._disk: set[tuple[int, int]] = set()
         self.bytes = 0
-        self.spilled = 0  # carries written to disk so far
 
     def _dir(self) -> Path:
         if self._folder is None:
@@ -322,7 +321,6 @@ class Carries:
             self.bytes -= spill.nbytes
             write_atomic(self._path(key), lambda tmp, a=spill: _save_npy(tmp, a))
             self._disk.add(key)
-            self.spilled += 1
 
     def take(self, target: int, source: int) -> Optional[np.ndarray]:
         """The carry from ``source`` to ``target`` (removed from the store), or None."""
