@@ -202,15 +202,21 @@ def blobs(shape=(16, 32, 32), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------ training --
-@pytest.fixture(scope="module")
-def train_setup(tmp_path_factory) -> dict:
-    """A config and the final weights of an uninterrupted `pytc train` run (a real process)."""
-    root = tmp_path_factory.mktemp("train")
+def write_train_data(root: Path) -> Path:
+    """Tiny training data in ``root/blobs.h5`` and a config ``root/cfg.yaml`` that reads it."""
     image, label = blobs()
     with h5py.File(root / "blobs.h5", "w") as f:
         f["raw"], f["label"] = image, label
     cfg = root / "cfg.yaml"
     cfg.write_text(f"data:\n  train_image: {root / 'blobs.h5'}:raw\n  train_label: {root / 'blobs.h5'}:label\n")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def train_setup(tmp_path_factory) -> dict:
+    """A config and the final weights of an uninterrupted `pytc train` run (a real process)."""
+    root = tmp_path_factory.mktemp("train")
+    cfg = write_train_data(root)
     run(["-m", "pytc.cli", "train", cfg, *TRAIN, "--run-dir", root / "straight"], root / "straight.log")
     final = root / "straight" / ckpt.CHECKPOINT_DIR / ckpt.checkpoint_name(MAX_STEPS)
     return {"root": root, "cfg": cfg, "final": final}
@@ -323,14 +329,20 @@ INFER = ["data.patch_size=[8,16,16]", "model.architecture=monai_unet", "model.fi
          "system.num_gpus=0", "inference.sw_batch_size=1", "inference.block_size=[8,16,16]"]
 
 
-@pytest.fixture(scope="module")
-def infer_setup(tmp_path_factory) -> dict:
-    """A tiny checkpoint and an input of 2×4×8 = 64 blocks (~5 ms each: a kill lands mid-volume)."""
-    root = tmp_path_factory.mktemp("infer")
+def tiny_checkpoint(root: Path):
+    """The config (INFER) and folder of an untrained tiny U-Net checkpoint under ``root/run``."""
     cfg = load_config(None, INFER)
     torch.manual_seed(0)
     folder = ckpt.save_checkpoint(root / "run" / ckpt.CHECKPOINT_DIR, 1, weights=build_model(cfg.model).state_dict(),
                                   config_yaml=dump_config(cfg), training_state={}, meta={})
+    return cfg, folder
+
+
+@pytest.fixture(scope="module")
+def infer_setup(tmp_path_factory) -> dict:
+    """A tiny checkpoint and an input of 2×4×8 = 64 blocks (~5 ms each: a kill lands mid-volume)."""
+    root = tmp_path_factory.mktemp("infer")
+    cfg, folder = tiny_checkpoint(root)
     image, _ = blobs((16, 64, 128), seed=1)
     with h5py.File(root / "raw.h5", "w") as f:
         f.create_dataset("raw", data=image, chunks=(8, 16, 16))

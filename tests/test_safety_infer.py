@@ -28,17 +28,15 @@ from typer.testing import CliRunner
 
 from pytc import _inference_store as store
 from pytc.cli import app
-from pytc.config import dump_config, load_config
 from pytc.engine import checkpoint as ckpt
 from pytc.errors import DataError
 from pytc.inference import predict_volume
 from pytc.io import open_volume
 from pytc.models import build_model
+from test_faults import tiny_checkpoint
 
 runner = CliRunner()
 # A 3-level U-Net with 4..16 features and blocks of one window: ~0.1 s a block on one core.
-INFER = ["data.patch_size=[8,16,16]", "model.architecture=monai_unet", "model.filters=[4,8,16]", "system.num_cpus=1",
-         "system.num_gpus=0", "inference.sw_batch_size=1", "inference.block_size=[8,16,16]"]
 SHAPE = (16, 32, 64)  # 2×2×4 = 16 blocks
 
 
@@ -58,10 +56,7 @@ def _write_h5(path: Path, data: np.ndarray) -> str:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("infer_safety")
-    cfg = load_config(None, INFER)
-    torch.manual_seed(0)
-    folder = ckpt.save_checkpoint(root / "run" / ckpt.CHECKPOINT_DIR, 1, weights=build_model(cfg.model).state_dict(),
-                                  config_yaml=dump_config(cfg), training_state={}, meta={})
+    cfg, folder = tiny_checkpoint(root)
     return {"root": root, "ckpt": folder, "cfg": cfg}
 
 

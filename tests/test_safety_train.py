@@ -19,7 +19,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import h5py
 import pytest
 from typer.testing import CliRunner
 
@@ -27,7 +26,7 @@ from conftest import fill_up
 from pytc.cli import app
 from pytc.config import load_config
 from pytc.engine import checkpoint as ckpt
-from test_faults import TRAIN, blobs, kill, logged_step, one_line_error, start, wait_until
+from test_faults import TRAIN, kill, logged_step, one_line_error, start, wait_until, write_train_data
 
 runner = CliRunner()
 QUIET = [*TRAIN, "logging.tensorboard=false"]
@@ -38,12 +37,7 @@ PYTC = ["-m", "pytc.cli", "train"]
 def data(tmp_path_factory) -> dict:
     """Tiny training data and a config that reads it (the config of test_faults.py)."""
     root = tmp_path_factory.mktemp("data")
-    image, label = blobs()
-    with h5py.File(root / "blobs.h5", "w") as f:
-        f["raw"], f["label"] = image, label
-    cfg = root / "cfg.yaml"
-    cfg.write_text(f"data:\n  train_image: {root / 'blobs.h5'}:raw\n  train_label: {root / 'blobs.h5'}:label\n")
-    return {"root": root, "cfg": cfg, "h5": root / "blobs.h5"}
+    return {"root": root, "cfg": write_train_data(root), "h5": root / "blobs.h5"}
 
 
 @pytest.fixture(scope="module")
@@ -284,40 +278,43 @@ def test_ctrl_c_exits_130_naming_the_last_checkpoint_and_resume_auto(data, tmp_p
     assert not (run_dir / ".pytc-lock").exists()
 
 
+def _save_with(save_file, trained, tmp_path, monkeypatch) -> tuple[Path, str]:
+    """Save step 4 beside a copy of ``trained``'s step 2 with safetensors' ``save_file`` replaced by
+    ``save_file`` (which fails); the checkpoint folder and the one-line error."""
+    import safetensors.torch as st
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    shutil.copytree(trained / "checkpoints" / "step-000002", ckpt_dir / "step-000002")
+    monkeypatch.setattr(st, "save_file", save_file)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.save_checkpoint(ckpt_dir, 4, weights={}, config_yaml="", training_state={}, meta={})
+    return ckpt_dir, str(err.value)
+
+
 def test_a_full_disk_that_safetensors_reports_only_in_its_message_is_one_line(trained, tmp_path, monkeypatch):
     """safetensors' error has no errno (``... (os error 28)``); on a disk with room to spare, the
     message alone says it is a full disk."""
-    import safetensors.torch as st
     from safetensors import SafetensorError
 
     def save_file(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)  # a partly written file
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    shutil.copytree(trained / "checkpoints" / "step-000002", ckpt_dir / "step-000002")
-    monkeypatch.setattr(st, "save_file", save_file)
-    with pytest.raises(ckpt.CheckpointError) as err:
-        ckpt.save_checkpoint(ckpt_dir, 4, weights={}, config_yaml="", training_state={}, meta={})
-    assert str(err.value) == (f"cannot write checkpoint {ckpt_dir / 'step-000004'} (No space left on device); free "
-                              "some space and rerun with --resume auto (newest complete checkpoint: step-000002)")
+    ckpt_dir, err = _save_with(save_file, trained, tmp_path, monkeypatch)
+    assert err == (f"cannot write checkpoint {ckpt_dir / 'step-000004'} (No space left on device); free "
+                   "some space and rerun with --resume auto (newest complete checkpoint: step-000002)")
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-000002"]
+
 
 def test_a_permission_error_while_saving_is_not_called_a_full_disk(trained, tmp_path, monkeypatch):
     """Only a full disk (or quota) is told to free space; a folder that refuses writes is named."""
-    import safetensors.torch as st
 
     def save_file(tensors, filename, metadata=None):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(filename))
 
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    shutil.copytree(trained / "checkpoints" / "step-000002", ckpt_dir / "step-000002")
-    monkeypatch.setattr(st, "save_file", save_file)
-    with pytest.raises(ckpt.CheckpointError) as err:
-        ckpt.save_checkpoint(ckpt_dir, 4, weights={}, config_yaml="", training_state={}, meta={})
-    assert str(err.value) == (f"cannot write checkpoint {ckpt_dir / 'step-000004'} (Permission denied); make "
-                              f"{ckpt_dir} writable and rerun with --resume auto (newest complete checkpoint: "
-                              "step-000002)")
+    ckpt_dir, err = _save_with(save_file, trained, tmp_path, monkeypatch)
+    assert err == (f"cannot write checkpoint {ckpt_dir / 'step-000004'} (Permission denied); make "
+                   f"{ckpt_dir} writable and rerun with --resume auto (newest complete checkpoint: step-000002)")
 
 
 def test_no_file_of_the_base_chain_is_a_dump_destination(tmp_path):
