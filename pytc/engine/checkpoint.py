@@ -289,11 +289,11 @@ def _disk_fault(err: BaseException, folder: Path) -> Optional[str]:
     A full disk does not always say so: safetensors puts the errno only into its message
     (``I/O error: No space left on device (os error 28)``) and ``torch.save`` raises an errno-less
     ``RuntimeError`` (``file write failed``). An errno-less failure counts as a full disk when the
-    disk really is (nearly) full (``pytc.io.FULL_BELOW``, the threshold every writer uses).
+    disk really is (nearly) full (:func:`pytc.io.disk_is_full`, the test every writer uses).
     """
     from safetensors import SafetensorError
 
-    from pytc.io import FULL_BELOW
+    from pytc.io import disk_is_full
 
     if isinstance(err, OSError) and err.errno:
         return err.strerror or os.strerror(err.errno)
@@ -302,11 +302,7 @@ def _disk_fault(err: BaseException, folder: Path) -> Optional[str]:
     found = re.search(r"(?:os error |code: |errno = )(\d+)", str(err))
     if found:
         return os.strerror(int(found[1]))
-    try:
-        full = shutil.disk_usage(folder).free < FULL_BELOW
-    except OSError:
-        return None
-    return os.strerror(errno.ENOSPC) if full else None
+    return os.strerror(errno.ENOSPC) if disk_is_full(folder) else None
 
 
 def _free_and_resume(ckpt_dir: Path, reason: str) -> str:

@@ -38,9 +38,15 @@ def _disk_errno(err: BaseException, target: str | os.PathLike | None = None) -> 
     found = re.search(r"errno = (\d+)", str(err))
     if found and int(found[1]) in _DISK_ERRNOS:
         return int(found[1])
-    if code is None and target is not None and _free_bytes(target) < FULL_BELOW:
+    if code is None and target is not None and disk_is_full(target):
         return errno.ENOSPC
     return None
+
+
+def disk_is_full(target: str | os.PathLike) -> bool:
+    """Whether the file system of ``target`` has less than :data:`FULL_BELOW` free: the test every
+    writer applies to a failure that does not say why it failed."""
+    return _free_bytes(target) < FULL_BELOW
 
 
 def _free_bytes(target: str | os.PathLike) -> float:
