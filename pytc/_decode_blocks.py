@@ -45,11 +45,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Optional
+from typing import Callable, ContextManager, Optional
 
 import numpy as np
 
-__all__ = ["Scratch", "bc_watershed_blocks", "block_grid", "block_progress", "label_components", "threshold_blocks"]
+__all__ = ["Scratch", "bc_watershed_blocks", "block_grid", "label_components", "threshold_blocks"]
 
 CONNECTIVITY = 26  # the same as pytc.decode.CONNECTIVITY (kept here to avoid an import cycle)
 
@@ -442,27 +442,3 @@ def _scratch_chunk(b: int, cap: int = 64, floor: int = 16) -> int:
     one-voxel chunk files."""
     d = max(k for k in range(1, min(b, cap) + 1) if b % k == 0)
     return d if d >= floor or d == b else min(b, cap)
-
-
-# ------------------------------------------------------------------------------------ progress --
-@contextlib.contextmanager
-def block_progress(show: bool) -> Iterator[Stepper]:
-    """Yield ``step(description, total)`` → ``advance()``: one transient rich bar per pass, counted
-    in blocks; nothing when ``show`` is False or stderr is not a terminal."""
-    from pytc.io import terminal_console
-
-    console = terminal_console(show)
-    if console is None:
-        yield lambda description, total: lambda: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, transient=True, console=console) as bar:
-
-        def step(description: str, total: int) -> Callable[[], None]:
-            task = bar.add_task(description, total=total)
-            return lambda: bar.advance(task)
-
-        yield step

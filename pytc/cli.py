@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from pytc import __version__
 from pytc.errors import PytcError
+from pytc.progress import print_line
 
 
 def _debug_enabled(ctx: click.Context) -> bool:
@@ -29,10 +30,7 @@ def _debug_enabled(ctx: click.Context) -> bool:
 
 def print_error(err: BaseException) -> None:
     """Print a user error as one red line on stderr."""
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True, soft_wrap=True).print(Text(f"Error: {err}", style="bold red"))
+    print_line(f"Error: {err}", "bold red")
 
 
 class _PytcGroup(TyperGroup):
@@ -82,10 +80,7 @@ def _root(
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one yellow line (``--debug`` keeps Python's file:line format)."""
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True, soft_wrap=True).print(Text(f"Warning: {message}", style="yellow"))
+    print_line(f"Warning: {message}", "yellow")
 
 
 def _register() -> None:

@@ -76,6 +76,7 @@ import numpy as np
 from pytc import _decode_blocks as blocks
 from pytc.choices import MERGE_QUANTILES, DecodeMethod
 from pytc.errors import ConfigError, DataError, OutputExistsError
+from pytc.progress import block_bars, status_line
 
 if TYPE_CHECKING:
     from pytc.config import DecodingConfig
@@ -208,7 +209,7 @@ def _blockwise(pred, method: DecodeMethod, kinds: list[str], cfg, create=None, s
             kept["labels"] = np.zeros(shape, dtype)
             return contextlib.nullcontext(kept["labels"])
 
-    with blocks.block_progress(show) as step:
+    with block_bars(show) as step:
         if method is DecodeMethod.threshold:
             n = blocks.threshold_blocks(
                 lambda sel: _read(pred, c, kinds, sel) > cfg.threshold, shape, block, cfg.min_size, create, step
@@ -627,7 +628,7 @@ def decode_volume(
                               progress, parse_spec(spec).path)
             outputs.append({"path": spec, "threshold": None, "instances": n})
         else:
-            with _status(progress) as step:
+            with status_line(progress) as step:
                 step(f"decoding {vol.spec} ({method.value})")
                 result = decode(pred, method, channels, _offsets_attr(attrs), **values)
                 labels = result if isinstance(result, dict) else {thresholds[0]: result}
@@ -724,16 +725,3 @@ def _stored_decoding(attrs: dict, origin: str) -> dict:
         raise ConfigError(f"{err}; fix or remove the attribute") from None
     section = data.get("decoding") if isinstance(data, dict) else None
     return dict(section) if isinstance(section, dict) else {}
-
-
-@contextlib.contextmanager
-def _status(show: bool):
-    """Yield ``step(text)``: a one-line spinner on a terminal, nothing elsewhere."""
-    from pytc.io import terminal_console
-
-    console = terminal_console(show)
-    if console is None:
-        yield lambda text: None
-        return
-    with console.status("") as status:
-        yield lambda text: status.update(text)

@@ -51,7 +51,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -65,6 +64,7 @@ import numpy as np
 
 from pytc import _inference_store as store
 from pytc._inference_windows import BlockPlan, WindowPredictor, affinity_layout, build_augs, output_chunks
+from pytc.progress import block_bars
 from pytc.errors import ConfigError, DataError, OutputExistsError, VolumeError
 
 if TYPE_CHECKING:
@@ -427,8 +427,9 @@ def _run_blocks(engine: _Engine, indices: Iterable[int], out, progress: bool,
         return math.prod(s.stop - s.start for s in plan.core(i))
 
     try:
-        with _progress(progress, len(indices)) as advance, ThreadPoolExecutor(1, "pytc-read") as reader, \
+        with block_bars(progress, rate=True) as start, ThreadPoolExecutor(1, "pytc-read") as reader, \
                 ThreadPoolExecutor(1, "pytc-write") as writer:  # fmt: skip
+            advance = start("predict", len(indices))
             next_input, pending = reader.submit(engine.read_block, indices[0]), None
             for k, i in enumerate(indices):
                 x = next_input.result()
@@ -442,32 +443,6 @@ def _run_blocks(engine: _Engine, indices: Iterable[int], out, progress: bool,
             advance(pending.result())
     finally:
         carries.close()
-
-
-@contextlib.contextmanager
-def _progress(show: bool, total: int):
-    """Transient rich bar on stderr (blocks done, voxels/s, ETA); nothing when not a terminal."""
-    from pytc.io import terminal_console
-
-    console = terminal_console(show)
-    if console is None:
-        yield lambda voxels: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, transient=True, console=console) as bar:
-        task = bar.add_task("predict", total=total, rate="")
-        start, done = time.perf_counter(), 0
-
-        def advance(voxels: int) -> None:
-            nonlocal done
-            done += voxels
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, advance=1, rate=f"{rate / 1e6:.2f} Mvox/s")
-
-        yield advance
 
 
 def predict_volume(model: "torch.nn.Module", image, cfg: "PytcConfig", output=None,

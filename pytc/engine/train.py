@@ -40,6 +40,7 @@ from pytc.choices import VAL_METRICS
 from pytc.engine import checkpoint as ckpt
 from pytc.errors import CheckpointError, OutputExistsError, PytcError
 from pytc.io import check_writable, disk_errors
+from pytc.progress import TrainBar
 
 if TYPE_CHECKING:
     import torch
@@ -208,7 +209,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
         start_step, stopped_early, val_metrics = step, False, {}
         samples_per_step = cfg.data.batch_size * tc.accumulate_grad_batches * accelerator.num_processes
         left = None if deadline is None else max(tc.max_minutes * 60 - (time.monotonic() - started), 1e-3)
-        progress = _progress(main, total_steps, step, left, tc.max_minutes)
+        progress = TrainBar(main, total_steps, step, left, tc.max_minutes)
         tick, tick_step = time.perf_counter(), step
         with progress:
             while step < total_steps:
@@ -610,52 +611,6 @@ def _write_preview(path: Path, image, target, logits) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray((np.clip(strip, 0, 1) * 255).astype(np.uint8))
     _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def _progress(enabled: bool, total: int, completed: int, seconds: Optional[float] = None,
-              minutes: Optional[float] = None) -> "_Bar":
-    """A rich progress bar (step, loss, lr, it/s, ETA) on stderr; inert on non-main processes."""
-    return _Bar(enabled, total, completed, seconds, minutes)
-
-
-class _Bar:
-    """The training progress bar. It fills with the steps done, or with the time used when a time
-    limit (``seconds`` from now) is nearer; the ETA follows whichever ends the run first."""
-
-    def __init__(self, enabled: bool, total: int, completed: int, seconds: Optional[float],
-                 minutes: Optional[float] = None):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-        from rich.text import Text
-
-        class Speed(ProgressColumn):
-            def render(self, task):
-                return Text(f"{task.fields['speed']:.2f} it/s" if task.fields["speed"] else "-- it/s")
-
-        self.total, self.seconds, self.first, self.start = total, seconds, completed, time.monotonic()
-        ends = f"/{total}" if seconds is None else f" of {minutes or seconds / 60:g} min"  # short: 80 columns
-        self.progress = Progress(
-            TextColumn("step {task.fields[step]}" + ends), BarColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), Speed(), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=not enabled,
-        )
-        self.progress.add_task("train", total=1.0, completed=completed / max(total, 1), loss=float("nan"), lr=0.0,
-                               step=completed, speed=0.0)
-
-    def update(self, step: int, loss: float, lr: float) -> None:
-        elapsed = time.monotonic() - self.start
-        done = step / max(self.total, 1)
-        if self.seconds:
-            done = max(done, min(elapsed / self.seconds, 1.0))
-        speed = (step - self.first) / elapsed if elapsed > 0 else 0.0
-        self.progress.update(0, completed=done, loss=loss, lr=lr, step=step, speed=speed)
-
-    def __enter__(self) -> "_Bar":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
 
 
 def _tensorboard_available() -> bool:

@@ -34,12 +34,13 @@ Example:
 """
 
 from pytc.io.addresses import DEFAULT_CHUNK, DEFAULT_H5_KEY, VolumeSpec, parse_spec
-from pytc.io.blocks import convert, iter_blocks, map_blocks, terminal_console
+from pytc.io.blocks import convert, iter_blocks, map_blocks
 from pytc.io.common import json_attrs
 from pytc.io.disk import FULL_BELOW, check_not_input, check_writable, disk_errors, disk_is_full, write_atomic
 from pytc.io.info import list_volumes, volume_info
 from pytc.io.volume import Volume, channel_kinds_attr, open_volume
 from pytc.io.write import VolumeWriter, create_volume, output_exists, output_lock_path
+from pytc.progress import terminal_console  # re-exported: where it lived before pytc.progress
 
 __all__ = [
     "DEFAULT_CHUNK",

@@ -4,7 +4,6 @@ volume between formats block by block."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -21,6 +20,7 @@ from pytc.io.common import json_attrs
 from pytc.io.disk import check_not_input
 from pytc.io.volume import open_volume
 from pytc.io.write import create_volume
+from pytc.progress import byte_bar
 
 BLOCK_BYTES = 16 * 2**20  # one copy block: big enough to keep every core compressing, small in RAM
 MAX_BLOCK_BYTES = 128 * 2**20  # ...unless source and destination chunks disagree (see _copy_plan)
@@ -63,37 +63,6 @@ def _copy_plan(src_chunks, dst_chunks, shape, itemsize) -> tuple[tuple[int, ...]
     return (unit, size) if size <= MAX_BLOCK_BYTES else (tuple(dst_chunks), MAX_BLOCK_BYTES)
 
 
-def terminal_console(show: bool = True):
-    """A rich console on stderr when ``show`` and stderr is a terminal, else None (progress bars
-    and spinners in a log file or pipe are only noise)."""
-    if not show:
-        return None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return console if console.is_terminal else None
-
-
-@contextlib.contextmanager
-def _progress(show: bool, description: str, total: int):
-    console = terminal_console(show)
-    if console is None:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True, console=console) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 def map_blocks(task: Callable, blocks, itemsize: int, show: bool, description: str, total: int,
                 stop: threading.Event | None = None):
     """Run ``task(sel)`` over blocks on a small thread pool (reads overlap compression, which
@@ -103,7 +72,7 @@ def map_blocks(task: Callable, blocks, itemsize: int, show: bool, description: s
     set, so that tasks that check it return at once: the pool waits for its running tasks before
     the caller may delete what they write to."""
     pending: deque = deque()
-    with _progress(show, description, total) as advance, ThreadPoolExecutor(WORKERS, "pytc-io") as pool:
+    with byte_bar(show, description, total) as advance, ThreadPoolExecutor(WORKERS, "pytc-io") as pool:
         try:
             for sel in blocks:
                 pending.append((pool.submit(task, sel), sel))
