@@ -228,7 +228,7 @@ def test_cli_demo_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_next_steps_use_existing_commands_and_configs():
-    root = Path(demo.__file__).resolve().parent.parent
+    root = Path(demo.__file__).resolve().parents[2]
     commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     for task in demo.DemoTask:
         for command, what in demo.next_steps(task):
@@ -245,7 +245,7 @@ def test_next_steps_train_command_needs_only_the_users_volumes(task, tmp_path, m
     from pytc.data.dataset import load_val_volumes
     from pytc.data.volumes import load_train_volumes
 
-    root = Path(demo.__file__).resolve().parent.parent
+    root = Path(demo.__file__).resolve().parents[2]
     vol = make_em_volume((64, 32, 32), seed=0)
     monkeypatch.chdir(tmp_path)
     with h5py.File("my_image.h5", "w") as f:

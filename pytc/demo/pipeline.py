@@ -1,35 +1,9 @@
-"""The demo: the whole pipeline on built-in synthetic EM, on a laptop CPU, in a few minutes.
-
-:func:`run_demo` is what ``pytc demo`` runs; every step is the library function the matching
-command calls, so the demo exercises exactly what a user runs on their own data:
-
-1. **data** — :func:`pytc.synth.make_em_volume` makes a train and a separate test volume (other
-   seeds); :func:`write_synth` stores each as ``OUT/data/{train,test}.h5`` (datasets ``image``,
-   ``mito_mask``, ``mito_instances``, ``cell_instances``).
-2. **train** — ``configs/demo.yaml`` (plus the task's overrides) through :func:`pytc.engine.fit`
-   into ``OUT/run/``, for a wall-clock budget (see :func:`fit_for`).
-3. **infer** — :func:`pytc.inference.infer`: the test image → ``OUT/prediction.zarr``.
-4. **decode** — :func:`pytc.decode.decode_volume`: ``bc-watershed`` (mito) or ``affinity-waterz``
-   (neuron) → ``OUT/segmentation.zarr``.
-5. **evaluate** — :func:`pytc.metrics.evaluate_volumes` → ``OUT/metrics.json``: foreground IoU/Dice
-   (mito) and instance metrics (adapted Rand, VOI, AP).
-6. **figure** — ``OUT/figure.png``: the middle test section as image | ground truth | prediction |
-   instances.
-
-Nothing here prints: progress goes to the ``report`` callback (``pytc demo`` passes a rich
-console's ``print``) and the results come back as a :class:`DemoResult` for the command to render.
-Heavy imports (torch, monai) happen inside the functions.
-
-Example:
-    >>> from pytc.demo import run_demo
-    >>> result = run_demo("demo_out", minutes=2)  # doctest: +SKIP
-    >>> round(result.metrics["iou"], 2)  # doctest: +SKIP
-    0.9
-"""
+"""The demo pipeline: data → train → infer → decode → evaluate → figure (:func:`run_demo`), the
+wall-clock training budget (:func:`fit_for`), the CPU thread choice (:func:`pick_threads`) and the
+commands to try next (:func:`next_steps`). See :mod:`pytc.demo` for the whole story."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -39,11 +13,11 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+from pytc.demo.figure import write_figure
+from pytc.demo.synth_data import write_synth
 from pytc.errors import ConfigError, OutputExistsError
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from pytc.config import PytcConfig
 
 Report = Callable[[str], None]
@@ -63,7 +37,6 @@ MAX_DEMO_STEPS = 100_000  # a step cap the time budget always reaches first
 TRAIN_SHAPE = (64, 192, 192)  # 2.4M voxels, 94 mitochondria: plenty for 32×64×64 patches
 TEST_SHAPE = (48, 160, 160)  # ~50 mitochondria to score; predicted in a few seconds
 TRAIN_SEED, TEST_SEED = 1, 2  # different seeds: the test volume is never seen in training
-SYNTH_KEYS = ("image", "mito_mask", "mito_instances", "cell_instances")
 
 # Each task: the label the network learns and the config overrides that differ from demo.yaml
 # (which is the mito task). The neuron task learns affinities on the cell instances; the long-range
@@ -120,93 +93,12 @@ def demo_config_path() -> Path:
     try:
         path = Path(str(files("pytc.configs") / "demo.yaml"))
     except ModuleNotFoundError:
-        path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+        path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     if not path.is_file():
         raise ConfigError(f"the demo config {path} is missing; reinstall pytc (pip install -e .)")
     return path
 
 
-def write_synth(path: str | os.PathLike, shape: Sequence[int] = (64, 256, 256), seed: int = 0,
-                anisotropy: float = 1.0, force: bool = False) -> dict:
-    """Generate a synthetic EM volume (:func:`pytc.synth.make_em_volume`) and write it as HDF5 or Zarr.
-
-    Args:
-        path: The ``.h5`` file or ``.zarr`` store to write; datasets ``image`` (uint8), ``mito_mask``
-            (uint8 0/1), ``mito_instances`` and ``cell_instances`` (uint32 ids, 0 = background /
-            membrane), each with its ``voxel_size`` attribute.
-        shape: (Z, Y, X) voxels, each at least 1.
-        seed: Random seed (0 or more); the same seed gives the same volume.
-        anisotropy: z voxel size relative to y/x (0.1 to 10).
-        force: Replace an existing file or store (once the new one is complete: the volume is
-            written in a temporary folder beside ``path`` and renamed into place).
-
-    Returns:
-        ``{"path", "shape", "seed", "voxel_size", "datasets", "volumes", "mitochondria", "cells",
-        "seconds"}``; ``volumes`` holds the address of each dataset (``out.h5:image``,
-        ``out.zarr/image``).
-
-    Raises:
-        ConfigError: ``path`` is not ``.h5``/``.zarr``, or an option is out of range.
-        OutputExistsError: ``path`` exists and ``force`` is False.
-    """
-    import numpy as np
-
-    from pytc.io.common import TMP_TAG, clean_stale, remove_path, swap_in
-    from pytc.io import check_writable, create_volume, disk_errors
-    from pytc.locks import exclusive, lock_path_for
-    from pytc.synth import check_options, make_em_volume
-
-    start = time.perf_counter()
-    path = Path(path)
-    _synth_address(path)  # a .h5 or .zarr path
-    shape = check_options(tuple(shape), seed, anisotropy)  # before anything on disk is touched
-    if (path.exists() or path.is_symlink()) and not force:
-        raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
-    check_writable(path)
-    with contextlib.ExitStack() as held:
-        with disk_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            held.enter_context(exclusive(lock_path_for(path), f"output {path}"))  # a second writer is refused
-        if path.exists() and not force:  # made while this process waited for nothing: still not ours
-            raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
-        vol = make_em_volume(shape, seed=seed, anisotropy=anisotropy)
-        # The whole file is written in a temporary folder beside it and renamed over the old one only
-        # when complete: a killed run leaves the old file (or none), never a half-written one.
-        clean_stale(path)  # the temporary folder of a killed run
-        tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
-        remove_path(tmp)
-        staged = tmp / path.name
-        try:
-            with disk_errors(path):
-                tmp.mkdir()
-            for key in SYNTH_KEYS:
-                data = getattr(vol, key)
-                with create_volume(_synth_address(staged)(key), data.shape, data.dtype, voxel_size=vol.voxel_size,
-                                   lock=False) as out:
-                    out[...] = data
-            with disk_errors(path):
-                swap_in(staged, path)
-        finally:
-            remove_path(tmp)
-    address = _synth_address(path)
-    return {
-        "path": str(path), "shape": list(vol.image.shape), "seed": seed, "voxel_size": list(vol.voxel_size),
-        "datasets": list(SYNTH_KEYS), "volumes": [address(key) for key in SYNTH_KEYS],
-        "mitochondria": int(vol.mito_instances.max()),
-        "cells": int(np.count_nonzero(np.unique(vol.cell_instances))),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-
-
-def _synth_address(path: Path) -> Callable[[str], str]:
-    """How a dataset of the synthetic file ``path`` is addressed: ``file.h5:key`` or ``store.zarr/key``."""
-    suffix = path.suffix.lower()
-    if suffix in (".h5", ".hdf5", ".hdf"):
-        return lambda key: f"{path}:{key}"
-    if suffix == ".zarr":
-        return lambda key: f"{path}/{key}"
-    raise ConfigError(f"cannot write {path}: synth writes an HDF5 file (.h5) or a Zarr store (.zarr), "
-                      "e.g. my_synth.h5")
 
 
 def run_demo(out: str | os.PathLike = "demo_out", task: DemoTask | str = DemoTask.mito,
@@ -414,51 +306,8 @@ def next_steps(task: DemoTask | str = DemoTask.mito) -> list[tuple[str, str]]:
     ]
 
 
-def write_figure(path: str | os.PathLike, test_h5: str | os.PathLike, label_key: str,
-                 pred: str | os.PathLike, seg: str | os.PathLike, z: Optional[int] = None, scale: int = 2) -> Path:
-    """Save the section ``z`` (default: the middle) as image | ground truth | prediction | instances.
-
-    Ground truth and instances are coloured per id over the image, each predicted instance in the
-    colour of the ground-truth object it mostly covers (in this section), so matching colours mean
-    found objects and new colours false ones; the prediction panel shows the
-    foreground probability (binary channel) or, for affinities, the mean short-range affinity
-    (dark = boundary). Each panel is the section scaled by ``scale`` (nearest neighbour) under a
-    12-pixel caption; panels are 4 pixels apart. Written atomically.
-
-    Returns:
-        The path of the PNG (RGB, ``4 * X * scale + 12`` wide, ``Y * scale + CAPTION`` high).
-    """
-    import numpy as np
-
-    from pytc.io import channel_kinds_attr, open_volume
-
-    with open_volume(f"{test_h5}:image") as img_vol:
-        z = img_vol.shape[0] // 2 if z is None else z
-        image = np.asarray(img_vol[z], dtype=np.float32) / 255.0
-    with open_volume(f"{test_h5}:{label_key}") as gt_vol:
-        gt = np.asarray(gt_vol[z])
-    with open_volume(pred) as pred_vol:
-        kinds = channel_kinds_attr(pred_vol.attrs) or ["binary"]
-        prob_scale = float(pred_vol.attrs.get("pytc_scale", 1.0))
-        if "binary" in kinds:
-            prob = np.asarray(pred_vol[kinds.index("binary"), z], np.float32)
-        else:  # affinities: the mean of the first three channels (z, y, x neighbours)
-            prob = np.asarray(pred_vol[:3, z], np.float32).mean(0)
-        prob /= prob_scale
-    with open_volume(seg) as seg_vol:
-        instances = np.asarray(seg_vol[z])
-    grey = np.repeat(image[..., None], 3, axis=-1)
-    shown = _match_ids(instances, gt)
-    panels = [grey, _overlay(image, gt), np.repeat(np.clip(prob, 0, 1)[..., None], 3, -1), _overlay(image, shown)]
-    captions = ["image", "ground truth", "prediction", "instances"]
-    return _save_panels(Path(path), panels, captions, scale)
-
-
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-CAPTION = 14  # pixels above each panel for its caption
-_GAP = 4
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -502,66 +351,3 @@ def _lap(start: float, timings: dict) -> float:
 def _shape(shape: Sequence[int]) -> str:
     return "×".join(str(int(s)) for s in shape)
 
-
-def _match_ids(pred: "np.ndarray", gt: "np.ndarray") -> "np.ndarray":
-    """``pred`` relabelled with the ground-truth id each instance mostly overlaps (first come, first
-    served; an instance over background or over an id already taken gets a fresh id)."""
-    import numpy as np
-
-    out = np.zeros(pred.shape, np.int64)
-    fresh = int(gt.max()) + 1
-    taken: set[int] = set()
-    ids, sizes = np.unique(pred[pred > 0], return_counts=True)
-    for i in ids[np.argsort(-sizes, kind="stable")]:  # big instances choose first
-        where = pred == i
-        under, counts = np.unique(gt[where], return_counts=True)
-        best = int(under[np.argmax(counts)])
-        if best == 0 or best in taken:
-            best, fresh = fresh, fresh + 1
-        taken.add(best)
-        out[where] = best
-    return out
-
-
-def _colours(labels: "np.ndarray") -> "np.ndarray":
-    """A stable, distinct RGB colour per id (golden-ratio hues), black for 0."""
-    import numpy as np
-
-    ids = labels.astype(np.uint64)
-    hue = (ids * np.uint64(2654435761) % np.uint64(1000)).astype(np.float32) / 1000.0
-    rgb = np.stack([_hue_channel(hue, shift) for shift in (0.0, 2 / 3, 1 / 3)], axis=-1)
-    rgb[labels == 0] = 0
-    return rgb
-
-
-def _hue_channel(hue: "np.ndarray", shift: float) -> "np.ndarray":
-    import numpy as np
-
-    # Fully saturated HSV → RGB, brightened so colours stay visible over a grey image.
-    return np.clip(np.abs(((hue + shift) % 1.0) * 6 - 3) - 1, 0, 1) * 0.75 + 0.25
-
-
-def _overlay(image: "np.ndarray", labels: "np.ndarray", alpha: float = 0.55) -> "np.ndarray":
-    import numpy as np
-
-    grey = np.repeat(image[..., None], 3, axis=-1)
-    mask = (labels > 0)[..., None]
-    return np.where(mask, (1 - alpha) * grey + alpha * _colours(labels), grey)
-
-
-def _save_panels(path: Path, panels: list, captions: list, scale: int) -> Path:
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    h, w = panels[0].shape[:2]
-    sheet = Image.new("RGB", (len(panels) * w * scale + (len(panels) - 1) * _GAP, h * scale + CAPTION), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (panel, caption) in enumerate(zip(panels, captions)):
-        tile = Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8), "RGB")
-        x = i * (w * scale + _GAP)
-        sheet.paste(tile.resize((w * scale, h * scale), Image.NEAREST), (x, CAPTION))
-        draw.text((x + 2, 1), caption, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from pytc.io import write_atomic
-
-    return write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
