@@ -122,6 +122,9 @@ def _did_you_mean(error: dict, loc: tuple) -> str:
     if error["type"] not in ("literal_error", "enum") or not isinstance(given, str):
         return ""
     ann = _annotation_at(loc)
+    if typing.get_origin(ann) is Union:  # Optional[choice]: the choices are those of the non-null member
+        members = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = members[0] if len(members) == 1 else None
     if typing.get_origin(ann) is Literal:
         choices = [str(a) for a in typing.get_args(ann)]
     elif isinstance(ann, type) and issubclass(ann, enum.Enum):
