@@ -69,5 +69,6 @@ def test_unset_inference_precision_stays_null_in_the_dumped_config(tmp_path: Pat
     assert yaml.safe_load(dumped)["inference"]["precision"] is None
     path = tmp_path / "run.yaml"
     path.write_text(dumped)
-    edited = load_config(path, ["training.precision=bf16-mixed"])  # an edited training precision still reaches inference
+    # A training precision edited in the dumped config still reaches inference.
+    edited = load_config(path, ["training.precision=bf16-mixed"])
     assert inference_precision(edited) == "bf16-mixed"
