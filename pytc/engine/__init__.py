@@ -1,4 +1,4 @@
-"""The training engine: :func:`fit` (the Accelerate loop), optimizers/schedules and checkpoints.
+"""The training engine: :func:`fit` (the Accelerate loop), validation, optimizers/schedules and checkpoints.
 
 Importing this package imports torch lazily: ``fit`` and the checkpoint loaders import it when called.
 
@@ -9,7 +9,8 @@ Example:
 """
 
 from pytc.engine.checkpoint import find_resume_checkpoint, load_checkpoint_for_inference, resolve_checkpoint
-from pytc.engine.train import fit, train_step, validate
+from pytc.engine.train import fit, train_step
+from pytc.engine.validation import validate
 
 __all__ = ["fit", "train_step", "validate", "find_resume_checkpoint", "load_checkpoint_for_inference",
            "resolve_checkpoint"]
