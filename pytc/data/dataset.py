@@ -23,19 +23,17 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pytc.config import as_zyx
+from pytc.data.intensity import VolumeStats, normalization_stats, normalize_image, raise_if_not_finite, volume_stats
 from pytc.data.volumes import (
     GIB,
     TrainVolumes,
-    VolumeStats,
     as_list,
     check_label_values,
     crop_box,
     holdout_spans,
     load_train_volumes,
-    normalize_image,
     open_pairs,
-    raise_if_not_finite,
-    volume_stats,
 )
 from pytc.data.targets import build_targets
 from pytc.errors import DataError
@@ -47,6 +45,7 @@ __all__ = [
     "load_val_volumes",
     "load_train_volumes",
     "normalize_image",
+    "normalization_stats",
     "volume_stats",
     "VolumeStats",
 ]
@@ -239,15 +238,15 @@ def load_val_volumes(cfg) -> list[dict]:
         section, so slide a 2D window over each z.
     """
     data = cfg.data
-    spatial_dims = len(data.patch_size)
-    patch = list(data.patch_size) if spatial_dims == 3 else [1, *data.patch_size]
+    spatial_dims = cfg.model.spatial_dims
+    patch = as_zyx(data.patch_size, spatial_dims, "data.patch_size")
     if data.val_image is not None:
         if data.val_z_range is not None:
             raise DataError("data.val_image and data.val_z_range are both set; validate on one or the other")
         triples = open_pairs(
             as_list(data.val_image), as_list(data.val_label), [], cfg.model.in_channels, spatial_dims, "val"
         )
-        jobs = [(img, lab, None, 0, lab.spatial_shape[0], None) for img, lab, _ in triples]
+        jobs = [(img, lab, None, 0, lab.spatial_shape[0]) for img, lab, _ in triples]
     elif data.val_z_range is not None:
         # The held-out slab of the first training volume, normalised with that volume's statistics.
         img, lab, mask = open_pairs(
@@ -255,12 +254,11 @@ def load_val_volumes(cfg) -> list[dict]:
             cfg.model.in_channels, spatial_dims, "train",
         )[0]
         holdout_spans(data, lab, patch)  # the same range checks as training
-        z0, z1 = data.val_z_range
-        jobs = [(img, lab, mask, z0, z1, volume_stats(img.raw) if data.normalize == "zscore" else None)]
+        jobs = [(img, lab, mask, *data.val_z_range)]
     else:
         return []
     out = []
-    for image, label, mask, z0, z1, stats in jobs:
+    for image, label, mask, z0, z1 in jobs:
         full = (z1 - z0, *label.spatial_shape[1:])
         max_voxels = max(1, int(data.cache_budget_gb * GIB) // (image.dtype.itemsize * image.shape[0]))
         crop = crop_box(full, max_voxels, patch)
@@ -272,8 +270,7 @@ def load_val_volumes(cfg) -> list[dict]:
                 stacklevel=2,
             )
         box = (slice(crop[0].start + z0, crop[0].stop + z0), crop[1], crop[2])
-        if stats is None and data.normalize == "zscore":
-            stats = volume_stats(image.raw)  # the whole volume's, as inference would compute them
+        stats = normalization_stats(image.raw, data.normalize)  # the whole volume's, as inference computes them
         lab = label.read(box)
         check_label_values(lab, label.spec)
         if not (lab > 0).any():

@@ -1,12 +1,13 @@
-"""Training volumes: open, validate, cache, normalise and scan for foreground (used by dataset.py).
+"""Training volumes: open, validate, cache and scan for foreground (used by dataset.py).
 
 Every volume is seen through a (channels, Z, Y, X) *view*: a 2D image (Y, X) becomes (1, Y, X) and
 a single-channel volume gets channels = 1, so sampling code handles 2D and 3D data alike (a 2D
 patch is a (1, Y, X) box of a 3D stack). Nothing here imports torch.
 
-Big volumes are never read whole: statistics and the foreground scan walk blocks of about
-``BLOCK_VOXELS`` voxels, and a volume over the cache budget is read patch by patch from a
-:mod:`pytc.io` handle that each process (DataLoader worker) opens for itself.
+Big volumes are never read whole: the foreground scan walks blocks of about ``BLOCK_VOXELS``
+voxels, and a volume over the cache budget is read patch by patch from a :mod:`pytc.io` handle that
+each process (DataLoader worker) opens for itself. Normalisation, statistics, finiteness checks and
+block tiling live in :mod:`pytc.data.intensity` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,133 +16,35 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from pytc.config import as_zyx
+from pytc.data.intensity import (
+    BLOCK_VOXELS,
+    VolumeStats,
+    block_shape,
+    check_finite,
+    iter_blocks,
+    normalization_stats,
+    normalize_image,
+    raise_if_not_finite,
+    volume_stats,
+)
 from pytc.errors import DataError, VolumeError
 
+__all__ = [
+    # re-exported from pytc.data.intensity
+    "BLOCK_VOXELS", "VolumeStats", "block_shape", "check_finite", "iter_blocks", "normalization_stats",
+    "normalize_image", "raise_if_not_finite", "volume_stats",
+    # training volumes
+    "GIB", "CELL_FRACTION", "VolumeSource", "Region", "TrainVolumes", "as_list", "check_pair",
+    "check_label_values", "foreground_cells", "crop_box", "open_pairs", "load_train_volumes", "holdout_spans",
+]
+
 GIB = 2**30
-BLOCK_VOXELS = 2**23  # ~8M voxels per chunk-wise read: 64 MiB even for uint64 labels
 CELL_FRACTION = 4  # foreground cells are patch/4 per axis: fine enough to vary the patch position a lot
-
-
-class VolumeStats(NamedTuple):
-    """Intensity statistics of a whole image volume (all channels together)."""
-
-    mean: float
-    std: float
-
-
-def normalize_image(
-    x: np.ndarray, mode: str, source_dtype=None, stats: Optional[VolumeStats] = None
-) -> np.ndarray:
-    """Scale raw intensities to float32 network input (a new array; ``x`` is never modified).
-
-    Args:
-        x: raw voxels (any shape).
-        mode: ``"unit"``: unsigned integers / dtype max (uint8 / 255, uint16 / 65535), signed
-            integers mapped from their dtype range to [0, 1], floats passed through;
-            ``"zscore"``: ``(x - mean) / std`` with ``stats`` (computed from ``x`` when None —
-            pass the whole volume's :func:`volume_stats` when ``x`` is a patch or a block);
-            ``"none"``: cast only.
-        source_dtype: dtype the values were stored as, when ``x`` was already cast (defaults to
-            ``x.dtype``); "unit" scales by its range.
-        stats: volume statistics for "zscore".
-
-    Returns:
-        float32 array of ``x``'s shape.
-
-    Example:
-        >>> normalize_image(np.array([0, 51, 255], np.uint8), "unit")
-        array([0. , 0.2, 1. ], dtype=float32)
-    """
-    dtype = np.dtype(source_dtype if source_dtype is not None else np.asarray(x).dtype)
-    out = np.array(x, dtype=np.float32)  # always a copy: callers may hold cached volumes
-    if mode == "none":
-        return out
-    if mode == "unit":
-        if dtype.kind == "u":
-            out /= np.float32(np.iinfo(dtype).max)
-        elif dtype.kind == "i":
-            info = np.iinfo(dtype)
-            out -= np.float32(info.min)
-            out /= np.float32(float(info.max) - float(info.min))
-        return out  # floats and bools are already in their working range
-    if mode == "zscore":
-        mean, std = stats if stats is not None else volume_stats(x)
-        out -= np.float32(mean)
-        out /= np.float32(std if std > 0 else 1.0)  # a constant volume stays 0, not NaN
-        return out
-    raise ValueError(f"unknown normalisation {mode!r}; expected unit, zscore or none")
-
-
-def block_shape(shape: Sequence[int], align: Optional[Sequence[int]] = None, voxels: int = BLOCK_VOXELS) -> tuple:
-    """About ``voxels`` voxels per block, trailing axes kept whole first (contiguous reads).
-
-    Each axis of the block is a multiple of ``align`` (or the whole axis).
-    """
-    shape = [int(s) for s in shape]
-    align = [1] * len(shape) if align is None else [int(a) for a in align]
-    block = list(shape)
-    for axis in range(len(shape)):
-        if math.prod(block) <= voxels:
-            break
-        rest = math.prod(block[axis + 1 :])
-        block[axis] = max(align[axis], (voxels // rest) // align[axis] * align[axis])
-        block[axis] = min(block[axis], shape[axis])
-    return tuple(block)
-
-
-def iter_blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[slice, ...]]:
-    """Slices tiling ``shape`` with ``block``-sized boxes (the last ones clipped)."""
-    ranges = [range(0, s, b) for s, b in zip(shape, block)]
-    for origin in np.ndindex(*[len(r) for r in ranges]):
-        yield tuple(slice(r[i], min(r[i] + b, s)) for r, i, b, s in zip(ranges, origin, block, shape))
-
-
-def volume_stats(vol, block_voxels: int = BLOCK_VOXELS) -> VolumeStats:
-    """Mean and standard deviation of an array-like (numpy, h5py, zarr, ``pytc.io`` volume).
-
-    Read block by block (Chan et al.'s parallel update in float64), so volumes larger than memory
-    work and the result does not depend on the block size beyond rounding.
-    """
-    n, mean, m2 = 0, 0.0, 0.0
-    for sel in iter_blocks(vol.shape, block_shape(vol.shape, voxels=block_voxels)):
-        block = np.asarray(vol[sel], dtype=np.float64)
-        k = block.size
-        if k == 0:
-            continue
-        b_mean = float(block.mean())
-        b_m2 = float(((block - b_mean) ** 2).sum())
-        delta = b_mean - mean
-        total = n + k
-        mean += delta * k / total
-        m2 += b_m2 + delta * delta * n * k / total
-        n = total
-    return VolumeStats(mean, math.sqrt(m2 / n) if n else 0.0)
-
-
-def check_finite(vol, name: str, block_voxels: int = BLOCK_VOXELS) -> None:
-    """Refuse NaN/Inf voxels in a float array-like, block by block (integer volumes cannot hold them).
-
-    Raises:
-        DataError: naming the first non-finite voxel.
-    """
-    if np.dtype(vol.dtype).kind not in "fc":
-        return
-    for sel in iter_blocks(vol.shape, block_shape(vol.shape, voxels=block_voxels)):
-        raise_if_not_finite(np.asarray(vol[sel]), name, [s.start for s in sel])
-
-
-def raise_if_not_finite(block: np.ndarray, name: str, origin: Sequence[int]) -> None:
-    """:func:`check_finite` for one block in memory whose first voxel is at ``origin``."""
-    if block.dtype.kind in "fc" and not np.isfinite(block).all():
-        first = tuple(int(i) + int(o) for i, o in zip(np.argwhere(~np.isfinite(block))[0], origin))
-        raise DataError(
-            f"{name} has NaN or infinite values (first at voxel {first}); replace them (e.g. with 0) "
-            "or mask them out, then rerun"
-        )
 
 
 def _open(spec: str):
@@ -460,8 +363,8 @@ def load_train_volumes(cfg) -> TrainVolumes:
         DataError: count, shape, channel or label-value problems, or a patch that does not fit.
     """
     data = cfg.data
-    spatial_dims = len(data.patch_size)
-    patch = tuple(data.patch_size) if spatial_dims == 3 else (1, *data.patch_size)
+    spatial_dims = cfg.model.spatial_dims
+    patch = as_zyx(data.patch_size, spatial_dims, "data.patch_size")
     triples = open_pairs(
         as_list(data.train_image), as_list(data.train_label), as_list(data.train_mask),
         cfg.model.in_channels, spatial_dims, "train",
@@ -488,7 +391,7 @@ def load_train_volumes(cfg) -> TrainVolumes:
     regions = []
     for (img, lab, mask), span in zip(triples, spans):
         check_finite(img.raw, f"image {img.spec}")  # NaN in, NaN loss out: refuse it up front
-        stats = volume_stats(img.raw) if data.normalize == "zscore" else None
+        stats = normalization_stats(img.raw, data.normalize)
         found = [Region(img, lab, mask, z0, z1, stats, foreground_cells(lab, z0, z1, cell), cell) for z0, z1 in span]
         if not any(len(r.fg_cells) for r in found):
             warnings.warn(
