@@ -36,7 +36,7 @@ Example:
 from pytc.io.addresses import DEFAULT_CHUNK, DEFAULT_H5_KEY, VolumeSpec, parse_spec
 from pytc.io.blocks import convert, iter_blocks, map_blocks
 from pytc.io.common import json_attrs
-from pytc.io.disk import FULL_BELOW, check_not_input, check_writable, disk_errors, disk_is_full, write_atomic
+from pytc.io.disk import FULL_BELOW, check_not_input, check_writable, disk_errors, disk_is_full, errno_of, write_atomic
 from pytc.io.info import list_volumes, volume_info
 from pytc.io.volume import Volume, channel_kinds_attr, open_volume
 from pytc.io.write import VolumeWriter, create_volume, output_exists, output_lock_path
@@ -56,6 +56,7 @@ __all__ = [
     "create_volume",
     "disk_errors",
     "disk_is_full",
+    "errno_of",
     "iter_blocks",
     "json_attrs",
     "list_volumes",

@@ -1,4 +1,4 @@
-"""Disk safety: one-line errors for a full or read-only disk (:func:`disk_errors`), small files
+"""Disk safety: one-line errors for a full or read-only disk (:func:`disk_errors`, :func:`errno_of`), small files
 written all or nothing (:func:`write_atomic`), and checks before the work (:func:`check_writable`,
 :func:`check_not_input`)."""
 
@@ -25,20 +25,31 @@ _DISK_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO
 FULL_BELOW = 16 * 2**20  # free bytes under which a write that failed without saying why failed for want of space
 
 
+# An errno written into a message: h5py ("errno = 28"), Rust's io::Error as safetensors prints it
+# ("os error 28", "code: 28").
+_ERRNO_IN_MESSAGE = re.compile(r"(?:os error |code: |errno = )(\d+)")
+
+
+def errno_of(err: BaseException) -> int | None:
+    """The errno an error carries: an ``OSError``'s own (when set), else the one its message names
+    (h5py and safetensors put it only there), else None."""
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    found = _ERRNO_IN_MESSAGE.search(str(err))
+    return int(found[1]) if found else None
+
+
 def _disk_errno(err: BaseException, target: str | os.PathLike | None = None) -> int | None:
-    """The errno of a failed write. h5py puts it only into the message ("errno = 28"); numpy's
-    ``tofile`` (tifffile, zarr) raises ``OSError("N requested and M written")`` without one, and
-    h5py some ``RuntimeError`` without one: those count as a full disk only when the disk of
-    ``target`` is really (nearly) full."""
-    code = getattr(err, "errno", None)
-    if isinstance(err, OSError) and code in _DISK_ERRNOS:
-        return code
+    """The errno of a failed write when the disk is to blame (:func:`errno_of`). numpy's ``tofile``
+    (tifffile, zarr) raises ``OSError("N requested and M written")`` without one, and h5py some
+    ``RuntimeError`` without one: those count as a full disk only when the disk of ``target`` is
+    really (nearly) full."""
     if not isinstance(err, (OSError, RuntimeError)):
         return None
-    found = re.search(r"errno = (\d+)", str(err))
-    if found and int(found[1]) in _DISK_ERRNOS:
-        return int(found[1])
-    if code is None and target is not None and disk_is_full(target):
+    code = errno_of(err)
+    if code in _DISK_ERRNOS:
+        return code
+    if getattr(err, "errno", None) is None and target is not None and disk_is_full(target):
         return errno.ENOSPC
     return None
 
