@@ -1,4 +1,4 @@
-"""Device, thread and precision resolution shared by training and inference.
+"""Device, thread, precision and process-group resolution shared by training and inference.
 
 Precision uses the config spelling (:class:`pytc.choices.Precision`: ``"32"``, ``"16-mixed"``,
 ``"bf16-mixed"``). On CUDA the request is kept (``bf16-mixed`` falls back to ``16-mixed`` on GPUs
@@ -152,3 +152,22 @@ def setup_threads(num_cpus: int) -> int:
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, min(num_cpus, available)))
     return torch.get_num_threads()
+
+
+class Dist:
+    """Rank, world size, device and barrier of ``pytc infer``: Accelerate's process group under
+    ``accelerate launch`` or ``torchrun`` (``WORLD_SIZE`` > 1), otherwise this single process."""
+
+    def __init__(self, num_gpus: Optional[int]):
+        self.world, self.rank, self._state = int(os.environ.get("WORLD_SIZE", "1")), 0, None
+        if self.world > 1:
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=use_cpu(num_gpus))
+            self.world, self.rank, self.device = self._state.num_processes, self._state.process_index, self._state.device
+        else:
+            self.device = select_device(num_gpus)
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()

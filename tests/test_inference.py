@@ -17,12 +17,10 @@ import torch.nn.functional as F
 import yaml
 from typer.testing import CliRunner
 
-import pytc._inference_store as store
-from pytc._inference_windows import Aug, BlockPlan, channel_routes, output_chunks, window_starts
 from pytc.config import config_from_dict, dump_config, load_config
 from pytc.engine.checkpoint import load_checkpoint_for_inference, save_checkpoint
 from pytc.errors import CheckpointError, ConfigError, DataError, OutputExistsError, VolumeError
-from pytc.inference import infer, predict_volume
+from pytc.inference import Aug, BlockPlan, channel_routes, infer, output_chunks, predict_volume, record, window_starts
 from pytc.io import create_volume, open_volume
 from pytc.models import build_model
 
@@ -153,9 +151,9 @@ def test_every_window_has_one_owner_and_reaches_its_blocks_through_carries(shape
                     if all(s.start < c.stop and s.stop > c.start for s, c in zip(plan.span(k), core))}
         assert plan.sources(i) == sorted(touching)
         for j in plan.sources(i):
-            assert j == i or i in plan.targets(j)
-        for t in plan.targets(i):  # later blocks only, and each one counts i among its sources
-            assert t > i and i in plan.sources(t)
+            assert j == i or i in plan.receivers(j)
+        for r in plan.receivers(i):  # later blocks only, and each one counts i among its sources
+            assert r > i and i in plan.sources(r)
 
 
 def test_output_chunks_divide_the_block():
@@ -211,15 +209,15 @@ def test_blocks_predicted_apart_equal_one_pass_bit_for_bit(data, monkeypatch, bu
     cfg = tiny_cfg("inference.sw_batch_size=2", "inference.block_size=[5,7,9]")
     model = tiny_model(cfg)
     if budget is not None:
-        monkeypatch.setattr(inference._Engine, "carry_budget", property(lambda self: budget))
-    engine = inference._Engine(model, data["image"], cfg, torch.device("cpu"))
+        monkeypatch.setattr(inference.BlockPredictor, "carry_budget", property(lambda self: budget))
+    engine = inference.BlockPredictor(model, data["image"], cfg, torch.device("cpu"), stats=None)
     one_pass = np.zeros(engine.out_shape, np.float32)
-    inference._run_blocks(engine, range(len(engine.plan)), one_pass, progress=False)
+    inference.run_blocks(engine, range(len(engine.plan)), one_pass, progress=False)
     assert engine.windows_run == engine.plan.count_windows()
     apart = np.zeros_like(one_pass)
     n = len(engine.plan)
     for share in (range(0, n, 3), range(1, n, 3), range(2, n, 3)):  # no block's neighbour in its share
-        inference._run_blocks(engine, share, apart, progress=False)
+        inference.run_blocks(engine, share, apart, progress=False)
     np.testing.assert_array_equal(apart, one_pass)
 
 
@@ -442,7 +440,7 @@ class _Interrupted(Exception):
 def test_interrupted_infer_resumes_and_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
     straight = infer(data["ckpt"], data["input"], tmp_path / "straight.zarr", progress=False)
     n, k = straight["blocks"], 5
-    original, calls = store.mark_done, []
+    original, calls = record.mark_done, []
 
     def flaky(done_dir, index):
         if len(calls) == k:
@@ -450,10 +448,10 @@ def test_interrupted_infer_resumes_and_equals_an_uninterrupted_run(data, tmp_pat
         calls.append(index)
         original(done_dir, index)
 
-    monkeypatch.setattr(store, "mark_done", flaky)
+    monkeypatch.setattr(record, "mark_done", flaky)
     with pytest.raises(_Interrupted):
         infer(data["ckpt"], data["input"], tmp_path / "out.zarr", progress=False)
-    monkeypatch.setattr(store, "mark_done", original)
+    monkeypatch.setattr(record, "mark_done", original)
     assert not (tmp_path / "out.zarr").exists() and (tmp_path / ".out.zarr.pytc-partial").is_dir()
     resumed = infer(data["ckpt"], data["input"], tmp_path / "out.zarr", progress=False)
     assert (resumed["blocks_skipped"], resumed["blocks_computed"]) == (k, n - k) and not resumed["restarted"]
@@ -463,11 +461,11 @@ def test_interrupted_infer_resumes_and_equals_an_uninterrupted_run(data, tmp_pat
     assert not (tmp_path / ".out.zarr.pytc-partial").exists()
 
     # A partial store from other arguments is refused, naming what changed; --restart starts it over.
-    monkeypatch.setattr(store, "mark_done", flaky)
+    monkeypatch.setattr(record, "mark_done", flaky)
     calls.clear()
     with pytest.raises(_Interrupted):
         infer(data["ckpt"], data["input"], tmp_path / "o2.zarr", progress=False)
-    monkeypatch.setattr(store, "mark_done", original)
+    monkeypatch.setattr(record, "mark_done", original)
     with pytest.raises(VolumeError, match="written with another config; rerun with --restart"):
         infer(data["ckpt"], data["input"], tmp_path / "o2.zarr", ["inference.overlap=0.5"], progress=False)
     other = infer(data["ckpt"], data["input"], tmp_path / "o2.zarr", ["inference.overlap=0.5"], progress=False,
@@ -494,6 +492,18 @@ def test_infer_user_errors(data, tmp_path):
         infer(data["ckpt"], two, tmp_path / "a.zarr", progress=False)
     with pytest.raises(VolumeError, match="does not exist"):
         infer(data["ckpt"], tmp_path / "missing.h5", tmp_path / "a.zarr", progress=False)
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_model_settings_changed_by_a_variable_or_the_patch_are_refused_naming_the_source(data, tmp_path, monkeypatch):
+    # The checkpoint's config is loaded once, with the PYTC_ variables: the message names what set it.
+    monkeypatch.setenv("PYTC_MODEL__FILTERS", "[8,16,32]")
+    with pytest.raises(ConfigError, match="drop the environment variable PYTC_MODEL__FILTERS"):
+        infer(data["ckpt"], data["input"], tmp_path / "a.zarr", progress=False)
+    monkeypatch.delenv("PYTC_MODEL__FILTERS")
+    with pytest.raises(ConfigError, match=r"data.patch_size sizes the checkpoint's network; drop the override "
+                                          r"'data.patch_size=\[8,32,32\]' and set inference.window_size"):
+        infer(data["ckpt"], data["input"], tmp_path / "a.zarr", ["data.patch_size=[8,32,32]"], progress=False)
     assert not (tmp_path / "a.zarr").exists()
 
 

@@ -26,7 +26,7 @@ from conftest import fill_up
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from pytc import _inference_store as store
+from pytc.inference import record
 from pytc.cli import app
 from pytc.engine import checkpoint as ckpt
 from pytc.errors import DataError
@@ -124,7 +124,7 @@ def _one_line(output: str, rc: int) -> str:
 
 def _interrupt_after(monkeypatch, k: int) -> None:
     """Make the next in-process run stop (as Ctrl-C would) once ``k`` blocks are marked finished."""
-    real, marked = store.mark_done, []
+    real, marked = record.mark_done, []
 
     def mark(done_dir, index):
         if len(marked) == k:
@@ -132,7 +132,7 @@ def _interrupt_after(monkeypatch, k: int) -> None:
         real(done_dir, index)
         marked.append(index)
 
-    monkeypatch.setattr(store, "mark_done", mark)
+    monkeypatch.setattr(record, "mark_done", mark)
 
 
 # ---------------------------------------------------------------- resume with changed arguments --
@@ -218,9 +218,9 @@ def test_input_beyond_the_float16_range_is_refused_under_fp16(setup):
     model = build_model(cfg.model)
     image = np.full((8, 16, 16), 1e5, np.float32)  # fine in float32, infinite in float16
 
-    from pytc.inference import _Engine
+    from pytc.inference import BlockPredictor
 
-    engine = _Engine(model, image, cfg, torch.device("cpu"))
+    engine = BlockPredictor(model, image, cfg, torch.device("cpu"), stats=None)
     engine.precision = "16-mixed"  # what an fp16 GPU run computes in
     with pytest.raises(DataError, match=r"1e\+05.*float16"):
         engine.read_block(0)
@@ -332,17 +332,17 @@ def test_adding_a_dataset_to_the_input_hdf5_file_keeps_its_identity(tmp_path):
     path = tmp_path / "f.h5"
     raw = _write_h5(path, _image(8, (16, 32, 32)))
     with open_volume(raw) as v:
-        before = store.input_identity(v)
+        before = record.input_identity(v)
     with create_volume(f"{path}:other", (2, 8, 8), "uint8") as w:  # added in place, as a commit does
         w[...] = 1
     with h5py.File(path, "a") as f:  # and by any other program
         f.create_dataset("notes", data=np.arange(1000))
     with open_volume(raw) as v:
-        assert store.input_identity(v) == before
+        assert record.input_identity(v) == before
     with h5py.File(path, "a") as f:  # the dataset itself rewritten: noticed
         f["raw"][0, 0, :4] = f["raw"][0, 0, :4] + 1
     with open_volume(raw) as v:
-        assert store.input_identity(v) != before
+        assert record.input_identity(v) != before
 
 
 def test_adding_a_sibling_array_to_the_input_zarr_group_keeps_its_identity(tmp_path):
@@ -354,17 +354,17 @@ def test_adding_a_sibling_array_to_the_input_zarr_group_keeps_its_identity(tmp_p
     root.create_array("raw", shape=(16, 32, 32), chunks=(8, 16, 16), dtype="uint8")[...] = _image(9, (16, 32, 32))
     spec = str(tmp_path / "vol.zarr" / "raw")
     with open_volume(spec) as v:
-        before = store.input_identity(v)
+        before = record.input_identity(v)
     with create_volume(str(tmp_path / "vol.zarr" / "pred"), (2, 8, 8), "uint8") as w:
         w[...] = 1
     root = zarr.open_group(str(tmp_path / "vol.zarr"), mode="a")
     root.create_array("other", shape=(4,), dtype="uint8")[...] = 3
     root.attrs["note"] = "a group attribute"
     with open_volume(spec) as v:
-        assert store.input_identity(v) == before
+        assert record.input_identity(v) == before
     zarr.open_array(spec, mode="a")[0, 0, :4] = 255 - _image(9, (16, 32, 32))[0, 0, :4]
     with open_volume(spec) as v:
-        assert store.input_identity(v) != before
+        assert record.input_identity(v) != before
 
 
 def test_resume_of_hdf5_input_into_the_same_file_survives_a_dataset_added_meanwhile(setup, tmp_path, monkeypatch):
@@ -410,13 +410,13 @@ def test_identifying_a_page_based_input_decodes_three_planes(tmp_path, monkeypat
             tifffile.imwrite(spec / f"s_{z:03d}.tif", plane, compression="zlib")
     decoded = _count_decodes(monkeypatch)
     with open_volume(spec) as v:
-        before = store.input_identity(v)
+        before = record.input_identity(v)
     assert len(decoded) == 3, decoded  # the first, middle and last planes, each once
     if form == "slice folder":  # files beside the slices are not the input
         (spec / "notes.txt").write_text("acquired on ...")
         (spec / ".DS_Store").write_bytes(b"\0")
         with open_volume(spec) as v:
-            assert store.input_identity(v) == before
+            assert record.input_identity(v) == before
 
     changed = data.copy()
     changed[32, 20, 3] ^= 1  # one voxel of a sampled plane, away from every 16³ corner box
@@ -426,7 +426,7 @@ def test_identifying_a_page_based_input_decodes_three_planes(tmp_path, monkeypat
         tifffile.imwrite(spec / "s_032.tif", changed[32], compression="zlib")
         os.utime(spec / "s_032.tif", ns=(os.stat(spec / "s_031.tif").st_mtime_ns,) * 2)
     with open_volume(spec) as v:
-        after = store.input_identity(v)
+        after = record.input_identity(v)
     assert after["sample"] != before["sample"]  # the whole sampled plane is hashed, not boxes of it
 
 

@@ -49,6 +49,7 @@ from pytc.config.loading import (
     dump_config,
     env_overrides,
     load_config,
+    load_config_with_sources,
     parse_overrides,
 )
 from pytc.config.reference import config_schema, iter_fields, reference_markdown
@@ -80,6 +81,6 @@ __all__ = [
     "EvaluationConfig", "InferenceConfig", "LoggingConfig", "ModelConfig", "OptimizerConfig", "PathList",
     "PytcConfig", "SchedulerConfig", "SystemConfig", "TargetConfig", "TrainingConfig",
     "as_zyx", "config_files", "config_from_dict", "config_schema", "deep_merge", "default_run_dir",
-    "dump_config", "env_overrides", "inference_precision", "iter_fields", "load_config", "parse_overrides",
+    "dump_config", "env_overrides", "inference_precision", "iter_fields", "load_config", "load_config_with_sources", "parse_overrides",
     "parse_yaml", "read_yaml", "reference_markdown", "window_size",
 ]

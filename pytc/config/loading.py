@@ -149,13 +149,26 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     Raises:
         ConfigError: unreadable file, ``_base_`` cycle, unknown key (with a did-you-mean), wrong type.
     """
+    return load_config_with_sources(path, overrides)[0]
+
+
+def load_config_with_sources(path: str | os.PathLike | None = None,
+                             overrides: list[str] | None = None) -> tuple[PytcConfig, dict[str, str]]:
+    """:func:`load_config`, and which keys the ``PYTC_`` variables and the overrides set.
+
+    Returns:
+        ``(cfg, sources)``: ``sources`` maps each dotted key set on top of the file to what set it,
+        as messages name it (``"override model.filters=[8,16]"``, ``"environment variable
+        PYTC_MODEL__FILTERS"``); an override wins over a variable for the same key.
+    """
     data = _load_with_bases(Path(path)) if path is not None else {}
     env, cli = env_overrides(), parse_overrides(overrides)
     sources = {k: f"environment variable {ENV_PREFIX}{k.replace('.', ENV_DELIMITER).upper()}" for k in _leaves(env)}
     given = {item.partition("=")[0].strip(): item for item in overrides or []}
     sources.update({k: f"override {_short(given.get(k, k))}" for k in _leaves(cli)})
     data = deep_merge(deep_merge(data, env), cli)
-    return config_from_dict(data, origin=str(path) if path is not None else "config", sources=sources)
+    cfg = config_from_dict(data, origin=str(path) if path is not None else "config", sources=sources)
+    return cfg, sources
 
 
 DEFAULT_RUN_ROOT = "runs"
