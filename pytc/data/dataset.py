@@ -223,15 +223,17 @@ def build_train_loader(
 
 
 def load_val_volumes(cfg) -> list[dict]:
-    """Validation volumes, normalised and with targets, for sliding-window validation.
+    """Validation volumes with their targets, for validation through the block predictor.
 
-    From ``data.val_image``/``data.val_label`` (each normalised with its own statistics, as
-    inference would) or from ``data.val_z_range`` of the first training volume (normalised like
-    training). A volume whose image is larger than ``data.cache_budget_gb`` is cropped to a centred
-    box within the budget (never smaller than one patch) with a warning.
+    From ``data.val_image``/``data.val_label`` (each with the statistics of its whole image, as
+    ``pytc infer`` computes them) or from ``data.val_z_range`` of the first training volume (with
+    that volume's statistics, like training). A volume whose image is larger than
+    ``data.cache_budget_gb`` is cropped to a centred box within the budget (never smaller than one
+    patch) with a warning.
 
     Returns:
-        One dict per volume: ``"name"`` (str), ``"image"`` float32 (in_channels, *spatial),
+        One dict per volume: ``"name"`` (str), ``"image"`` as stored (in_channels, *spatial),
+        ``"stats"`` its z-score statistics (None unless ``data.normalize`` is zscore),
         ``"target"`` float32 (C, *spatial), ``"label"`` int64 (*spatial) and, for a held-out range
         of a masked training volume, ``"mask"`` float32 (1, *spatial). ``spatial`` is (Z, Y, X);
         for 2D configs it is a stack of sections (Z = 1 for a 2D image) with targets built per
@@ -280,7 +282,8 @@ def load_val_volumes(cfg) -> list[dict]:
         raise_if_not_finite(raw, f"image {image.spec}", [0, *(b.start for b in box)])
         item = {
             "name": image.spec if (z0, z1) == (0, label.spatial_shape[0]) else f"{image.spec}[z {z0}:{z1}]",
-            "image": normalize_image(raw, data.normalize, stats=stats),
+            "image": raw,  # normalised by the block predictor, as pytc infer does
+            "stats": stats,
             "target": _volume_targets(lab, data.targets, spatial_dims),
             "label": lab,
         }
