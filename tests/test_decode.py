@@ -465,9 +465,9 @@ def test_decodes_side_by_side_get_their_own_scratch(tmp_path):
 
 
 def test_scratch_chunks_stay_reasonable_for_prime_block_edges():
-    from pytc._decode_blocks import _scratch_chunk
+    from pytc.decode.scratch import scratch_chunk
 
-    assert [_scratch_chunk(b) for b in (512, 488, 128, 8, 487, 17, 1)] == [64, 61, 64, 8, 64, 17, 1]
+    assert [scratch_chunk(b) for b in (512, 488, 128, 8, 487, 17, 1)] == [64, 61, 64, 8, 64, 17, 1]
 
 
 def test_threshold_block_by_block_joins_diagonal_contacts():
@@ -575,9 +575,9 @@ def test_decode_volume_block_by_block(tmp_path):
 
 
 def test_affinity_decoders_refuse_volumes_that_do_not_fit(monkeypatch, tmp_path):
-    import pytc.decode
+    import pytc.decode.memory
 
-    monkeypatch.setattr(pytc.decode, "_available_memory", lambda: 4096)
+    monkeypatch.setattr(pytc.decode.memory, "available_memory", lambda: 4096)
     aff = np.full((6, 8, 16, 16), 0.5, np.float32)
     with pytest.raises(DataError) as err:
         decode(aff[:3], "affinity-waterz", ["affinity"] * 3, merge_thresholds=[0.3, 0.5])
@@ -590,12 +590,12 @@ def test_affinity_decoders_refuse_volumes_that_do_not_fit(monkeypatch, tmp_path)
                                         r"1.0 MiB for 8×16×16 voxels \(6 affinity channels\), but 4 KiB is available"):
         decode_volume(spec, tmp_path / "seg.zarr", "mutex-watershed", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aff.h5"]
-    monkeypatch.setattr(pytc.decode, "_available_memory", lambda: None)  # unknown: no check
+    monkeypatch.setattr(pytc.decode.memory, "available_memory", lambda: None)  # unknown: no check
     assert decode(aff[:3], "affinity-waterz", ["affinity"] * 3).shape == (8, 16, 16)
 
 
 def test_available_memory_is_read():
-    from pytc.decode import _available_memory
+    from pytc.decode.memory import available_memory
 
-    available = _available_memory()
+    available = available_memory()
     assert available is None or 2**20 < available < 2**50
