@@ -45,3 +45,4 @@ clean:
 
 docs: install
 	$(PY) docs/update_readme.py
+	$(PY) docs/update_architecture.py

@@ -17,3 +17,30 @@ def test_every_test_named_in_reliability_md_exists():
     named = {n for n in named if not (ROOT / "tests" / f"{n}.py").exists()}  # module names are not tests
     assert len(named) > 60  # the doc's tables, not an accident of the pattern
     assert sorted(named - defined) == []
+
+
+def _update_architecture():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_architecture", ROOT / "docs" / "update_architecture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_architecture_md_maps_every_module_of_the_tree():
+    update = _update_architecture()
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    assert update.render(text) == text, "docs/architecture.md is stale: run `make docs`"
+    rows = set(re.findall(r"^\| `([\w.]+)` \(\[", text, flags=re.M))
+    assert rows == set(update.modules()) and "pytc.inference.predictor" in rows and "pytc.commands.infer" in rows
+
+
+def test_a_new_module_makes_the_architecture_map_stale(tmp_path, monkeypatch):
+    update = _update_architecture()
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    extra = tmp_path / "pytc"
+    extra.mkdir()
+    (extra / "newcomer.py").write_text('"""A module nobody mapped yet."""\n\n\ndef hello():\n    pass\n')
+    monkeypatch.setitem(update.SOURCES, "pytc.extra", extra)
+    assert "| `pytc.extra.newcomer` ([" in update.render(text) and update.render(text) != text
