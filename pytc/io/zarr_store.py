@@ -217,6 +217,8 @@ class ZarrWriter:
         self.chunks = tuple(self._arr.chunks)
 
     def write(self, sel, value) -> None:
+        """Assign ``value`` to ``sel``. Every chunk is a file of its own, which zarr's local store
+        writes under a temporary name and renames into place: a killed writer leaves whole chunks."""
         self._arr[sel] = value
 
     def read(self, sel) -> np.ndarray:
