@@ -13,6 +13,9 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import update_readme  # noqa: E402  (docs/update_readme.py: the block renderer both share)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 SOURCES = {"pytc": ROOT / "pytc", "pytc.commands": ROOT / "commands"}  # installed names (pyproject package-dir)
@@ -73,13 +76,7 @@ BLOCKS = {"modules": module_table}
 
 
 def render(text: str) -> str:
-    for name, make in BLOCKS.items():
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        block = f"{start}\n{make()}{end}"
-        text, count = re.subn(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-        if count != 1:
-            sys.exit(f"{ARCHITECTURE.name} must contain exactly one {start} ... {end} block")
-    return text
+    return update_readme.render(text, BLOCKS, ARCHITECTURE.name)
 
 
 if __name__ == "__main__":

@@ -52,13 +52,15 @@ BLOCKS = {
 }
 
 
-def render(text: str) -> str:
-    for name, make in BLOCKS.items():
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+def render(text: str, blocks: dict | None = None, name: str = "README.md") -> str:
+    """Replace every ``<!-- NAME:start -->`` ... ``<!-- NAME:end -->`` block of ``text`` by what
+    ``blocks[NAME]()`` makes (the README's blocks by default); ``name`` is the file, for errors."""
+    for block_name, make in (BLOCKS if blocks is None else blocks).items():
+        start, end = f"<!-- {block_name}:start -->", f"<!-- {block_name}:end -->"
         block = f"{start}\n{make()}{end}"
         text, count = re.subn(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
         if count != 1:
-            sys.exit(f"README.md must contain exactly one {start} ... {end} block")
+            sys.exit(f"{name} must contain exactly one {start} ... {end} block")
     return text
 
 
