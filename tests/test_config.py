@@ -17,6 +17,7 @@ from pytc.config import (
     dump_config,
     iter_fields,
     load_config,
+    load_config_with_sources,
     parse_overrides,
 )
 from pytc.errors import ConfigError
@@ -279,6 +280,16 @@ def test_env_overrides_sit_between_file_and_cli(tmp_path, monkeypatch):
     cfg = load_config(cfg_file)
     assert cfg.data.batch_size == 4 and cfg.data.num_workers == 3 and cfg.model.filters == [8, 16]
     assert load_config(cfg_file, ["data.batch_size=9"]).data.batch_size == 9
+
+
+def test_load_config_with_sources_names_what_set_each_key(tmp_path, monkeypatch):
+    cfg_file = _write(tmp_path / "c.yaml", "data:\n  batch_size: 2\n")
+    monkeypatch.setenv("PYTC_DATA__BATCH_SIZE", "4")
+    monkeypatch.setenv("PYTC_MODEL__FILTERS", "[8, 16]")
+    cfg, sources = load_config_with_sources(cfg_file, ["data.batch_size=9"])
+    assert cfg == load_config(cfg_file, ["data.batch_size=9"]) and cfg.data.batch_size == 9
+    assert sources == {"data.batch_size": "override 'data.batch_size=9'",  # the override wins over the variable
+                       "model.filters": "environment variable PYTC_MODEL__FILTERS"}
 
 
 def test_env_typo_is_an_error(monkeypatch):

@@ -14,7 +14,8 @@ What the package offers (everything is imported from ``pytc.config``):
   :class:`EarlyStoppingConfig`, :class:`LoggingConfig`, :class:`InferenceConfig`,
   :class:`DecodingConfig`, :class:`EvaluationConfig`).
 - loading: :func:`load_config` (file, ``_base_`` chain, ``PYTC_SECTION__KEY`` environment variables,
-  dotted overrides, lowest to highest precedence), :func:`config_from_dict`, :func:`dump_config`,
+  dotted overrides, lowest to highest precedence; :func:`load_config_with_sources` also says which
+  keys a variable or an override set), :func:`config_from_dict`, :func:`dump_config`,
   :func:`config_files` (a config and its ``_base_`` chain), :func:`default_run_dir`,
   :func:`parse_overrides`, :func:`env_overrides`, :func:`deep_merge`.
 - YAML: :func:`parse_yaml` / :func:`read_yaml`, the one strict, bounded reader every config, override
@@ -81,6 +82,6 @@ __all__ = [
     "EvaluationConfig", "InferenceConfig", "LoggingConfig", "ModelConfig", "OptimizerConfig", "PathList",
     "PytcConfig", "SchedulerConfig", "SystemConfig", "TargetConfig", "TrainingConfig",
     "as_zyx", "config_files", "config_from_dict", "config_schema", "deep_merge", "default_run_dir",
-    "dump_config", "env_overrides", "inference_precision", "iter_fields", "load_config", "load_config_with_sources", "parse_overrides",
-    "parse_yaml", "read_yaml", "reference_markdown", "window_size",
+    "dump_config", "env_overrides", "inference_precision", "iter_fields", "load_config", "load_config_with_sources",
+    "parse_overrides", "parse_yaml", "read_yaml", "reference_markdown", "window_size",
 ]
