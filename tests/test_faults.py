@@ -279,7 +279,7 @@ def test_train_disk_full_keeps_the_earlier_checkpoints_and_resumes(train_setup, 
 
     import safetensors.torch as st
 
-    import pytc.engine.train as train_mod
+    import pytc.engine.run_dir as run_dir_mod
 
     def enospc(filename):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
@@ -306,7 +306,7 @@ def test_train_disk_full_keeps_the_earlier_checkpoints_and_resumes(train_setup, 
                     raise enospc(file)
             return builtins.open(file, *args, **kwargs)
 
-        monkeypatch.setattr(train_mod, "open", open_, raising=False)  # the module's `open`, not the builtin
+        monkeypatch.setattr(run_dir_mod, "open", open_, raising=False)  # the module's `open`, not the builtin
         expected = [f"cannot write {tmp_path / 'run' / 'metrics.jsonl'} (No space left on device)"]
 
     run_dir = tmp_path / "run"

@@ -321,7 +321,7 @@ def test_no_file_of_the_base_chain_is_a_dump_destination(tmp_path):
     """`pytc train RUN/exp.yaml --run-dir RUN` where exp.yaml's _base_ is RUN/config.yaml: the
     resolved config goes elsewhere (the files read are listed by config_files)."""
     from pytc.config import config_files
-    from pytc.engine.train import _config_destination
+    from pytc.engine.run_dir import config_destination
 
     run = tmp_path / "run"
     run.mkdir()
@@ -329,5 +329,5 @@ def test_no_file_of_the_base_chain_is_a_dump_destination(tmp_path):
     (tmp_path / "exp.yaml").write_text("_base_: run/config.yaml\noptimizer:\n  lr: 0.01\n")
     files = config_files(tmp_path / "exp.yaml")
     assert files == [(tmp_path / "exp.yaml").resolve(), (run / "config.yaml").resolve()]
-    assert _config_destination(run, [tmp_path / "exp.yaml", *files]).name == "config.resolved.yaml"
-    assert _config_destination(tmp_path / "other", files).name == "config.yaml"
+    assert config_destination(run, [tmp_path / "exp.yaml", *files]).name == "config.resolved.yaml"
+    assert config_destination(tmp_path / "other", files).name == "config.yaml"

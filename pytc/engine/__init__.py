@@ -1,4 +1,6 @@
-"""The training engine: :func:`fit` (the Accelerate loop), validation, optimizers/schedules and checkpoints.
+"""The training engine. Modules: ``train`` (:func:`fit`, the Accelerate loop), ``validation``, ``optim``
+(optimizers, schedules, EMA), ``checkpoint`` (checkpoint folders), ``run_dir`` (the run folder) and
+``run_state`` (a run's state in and out of checkpoints).
 
 Importing this package imports torch lazily: ``fit`` and the checkpoint loaders import it when called.
 

@@ -1,7 +1,9 @@
 """The training loop: one readable :func:`fit` on HuggingFace Accelerate.
 
 Accelerate owns devices, DDP, mixed precision and gradient accumulation; this file owns the order
-of things: build → (resume) → loop {step, log, validate, early-stop, checkpoint} → summary.
+of things: build → (resume) → loop {step, log, validate, early-stop, checkpoint} → summary. The run
+folder (its lock, resolved config, metrics log, summary) is :mod:`pytc.engine.run_dir`'s, saving and
+restoring the run's state :mod:`pytc.engine.run_state`'s, the file format :mod:`pytc.engine.checkpoint`'s.
 
 Multi-GPU (or multi-process CPU) runs go through Accelerate's launcher; every process runs the
 same ``fit`` and the data sampler gives each its own patches::
@@ -27,26 +29,26 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import json
 import math
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
-from pytc.choices import VAL_METRICS
 from pytc.engine import checkpoint as ckpt
+from pytc.engine.run_dir import (
+    METRICS, config_destination, last_validation, log_metrics, prepare_run_dir, run_dir_lock, summary,
+)
+from pytc.engine.run_state import restore_run_state, resume_checkpoint, save_run_state
 from pytc.engine.validation import validate
-from pytc.errors import CheckpointError, OutputExistsError, PytcError
-from pytc.io import check_writable, disk_errors
+from pytc.errors import OutputExistsError, PytcError
+from pytc.io import check_writable
 from pytc.progress import TrainBar
 
 if TYPE_CHECKING:
-    import torch
     from accelerate import Accelerator
 
     from pytc.config import PytcConfig
-
 
 
 _clock = time.monotonic  # training.max_minutes's clock (tests move it)
@@ -89,7 +91,7 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from pytc.config import default_run_dir, dump_config
+    from pytc.config import default_run_dir
     from pytc.data.dataset import build_train_loader, load_val_volumes
     from pytc.data.targets import check_out_channels
     from pytc.engine.optim import build_ema, build_optimizer, build_scheduler, is_plateau
@@ -99,34 +101,34 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
     # ---- check everything a user can get wrong before spending time on it
     check_out_channels(cfg.model.out_channels, cfg.data.targets, cfg.model.spatial_dims)
-    tc = cfg.training
+    training = cfg.training
     inputs = [Path(os.fspath(f)) for f in inputs]
     run_dir = Path(run_dir or default_run_dir(cfg, inputs[0] if inputs else None))
     ckpt_dir = run_dir / ckpt.CHECKPOINT_DIR
     check_writable(run_dir, folder=True)  # a file in the way, a read-only folder: say so before any work
-    config_file = _config_destination(run_dir, inputs)
-    total_steps = 1 if fast_dev_run else (tc.max_steps or tc.max_epochs * tc.iters_per_epoch)
-    deadline = None if tc.max_minutes is None or fast_dev_run else _clock() + tc.max_minutes * 60
+    config_file = config_destination(run_dir, inputs)
+    total_steps = 1 if fast_dev_run else (training.max_steps or training.max_epochs * training.iters_per_epoch)
+    deadline = None if training.max_minutes is None or fast_dev_run else _clock() + training.max_minutes * 60
     started = time.monotonic()  # for the progress bar's share of the time limit
     log_every = 1 if fast_dev_run else cfg.logging.log_every_n_steps
 
     # ---- Accelerate: device, DDP, AMP, accumulation. The scheduler counts optimizer steps, so it is
     # stepped by us once per optimizer step (Accelerate would step it num_processes times).
     cpu = use_cpu(cfg.system.num_gpus)
-    precision = resolve_precision(tc.precision, "cpu" if cpu else "cuda", training=True)
+    precision = resolve_precision(training.precision, "cpu" if cpu else "cuda", training=True)
     tensorboard = cfg.logging.tensorboard and _tensorboard_available()
     stack = contextlib.ExitStack()  # the run folder's lock, held until fit returns
     accelerator = Accelerator(
         cpu=cpu, mixed_precision=accelerate_mixed_precision(precision),
-        gradient_accumulation_steps=tc.accumulate_grad_batches, step_scheduler_with_optimizer=False,
+        gradient_accumulation_steps=training.accumulate_grad_batches, step_scheduler_with_optimizer=False,
         log_with="tensorboard" if tensorboard else None, project_dir=str(run_dir),
     )
     try:
         main = accelerator.is_main_process
         # One run per folder: a second process (a scheduler's requeue, a second terminal) is refused
         # before it reads or touches anything there.
-        stack.enter_context(_run_dir_lock(run_dir, accelerator))
-        resume_from = _resume_checkpoint(resume, run_dir)
+        stack.enter_context(run_dir_lock(run_dir, accelerator))
+        resume_from = resume_checkpoint(resume, run_dir)
         if resume_from is None and ckpt.list_checkpoints(ckpt_dir):
             raise OutputExistsError(
                 f"run directory {run_dir} already has checkpoints; pass --resume auto to continue it, or "
@@ -150,49 +152,37 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
         model = build_model(cfg.model)
         if cfg.model.init_from and resume_from is None:  # fine-tuning: weights only, a fresh optimizer/schedule
-            init = ckpt.resolve_checkpoint(cfg.model.init_from)
-            ckpt.load_into(model, ckpt.load_weights(init / ckpt.WEIGHTS), init)
-            accelerator.print(f"initialised weights from {init}")
+            init_checkpoint = ckpt.resolve_checkpoint(cfg.model.init_from)
+            ckpt.load_into(model, ckpt.load_weights(init_checkpoint / ckpt.WEIGHTS), init_checkpoint)
+            accelerator.print(f"initialised weights from {init_checkpoint}")
         criterion = build_loss(cfg.model, cfg.data.targets)
         optimizer = build_optimizer(model.parameters(), cfg.optimizer)
-        scheduler = build_scheduler(optimizer, cfg.scheduler, tc.iters_per_epoch, total_steps,
+        scheduler = build_scheduler(optimizer, cfg.scheduler, training.iters_per_epoch, total_steps,
                                     monitor_mode=cfg.checkpoint.mode)
-        ema = build_ema(model, tc.ema_decay).to(accelerator.device) if tc.ema_decay else None
+        ema = build_ema(model, training.ema_decay).to(accelerator.device) if training.ema_decay else None
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         raw_model = accelerator.unwrap_model(model)
 
         # ---- resume: weights, optimizer, scheduler, EMA, scaler, counters (RNG last, just before the loop)
-        step, es = 0, {"best": None, "bad_validations": 0}
+        step, early_stop_state = 0, {"best": None, "bad_validations": 0}
         if resume_from is not None:
-            _restore(resume_from, state, cfg, raw_model, optimizer, scheduler, ema, accelerator)
-            step, es = int(state["step"]), dict(state["early_stopping"])
+            restore_run_state(resume_from, state, cfg, raw_model, optimizer, scheduler, ema, accelerator)
+            step, early_stop_state = int(state["step"]), dict(state["early_stopping"])
             if step >= total_steps:  # nothing to train: say so instead of an empty progress bar
                 # the run that finished: the one the checkpoint belongs to (run_dir may be a new folder)
                 done = resume_from.parent.parent if resume_from.parent.name == ckpt.CHECKPOINT_DIR else run_dir
-                accelerator.print(f"{done} already finished at step {step} ({_step_limit(tc)}); to train on, "
+                accelerator.print(f"{done} already finished at step {step} ({_step_limit(training)}); to train on, "
                                   f"raise training.max_steps (e.g. training.max_steps={2 * step}) and resume again")
-                return _summary(done, step, step, _last_validation(done / "metrics.jsonl"), False, False,
-                                main, raw_model, already_finished=True)
+                return summary(done, step, step, last_validation(done / METRICS), False, False, main, raw_model,
+                               already_finished=True)
             accelerator.print(f"resuming from {resume_from} (step {step})")
 
         # Data before the run directory: a bad volume (shapes, labels, NaN) leaves nothing behind.
         val_volumes = load_val_volumes(cfg)[: 1 if fast_dev_run else None]
         loader = build_train_loader(cfg, start_step=step, process_index=accelerator.process_index,
                                     num_processes=accelerator.num_processes)
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.clean_stale(ckpt_dir)
-            if config_file.name != ckpt.CONFIG:
-                accelerator.print(f"{run_dir / ckpt.CONFIG} is the config being read; the resolved config goes to "
-                                  f"{config_file}")
-            _atomic_write(config_file, dump_config(cfg))
-            _truncate_metrics(run_dir / "metrics.jsonl", after=step)
-            moved = ckpt.set_aside_after(ckpt_dir, step)  # resuming from an older checkpoint: a new branch
-            if moved:
-                accelerator.print(f"moved {len(moved)} checkpoint{'s' if len(moved) != 1 else ''} newer than step "
-                                  f"{step} to {moved[0].parent}")
-                cc = cfg.checkpoint
-                ckpt.update_pointers_and_prune(ckpt_dir, cc.monitor, cc.mode, cc.save_top_k, cc.save_last)
+        if main:  # the resolved config, a log without a killed run's tail, newer checkpoints set aside
+            prepare_run_dir(run_dir, config_file, cfg, step, accelerator.print)
         if tensorboard:
             accelerator.init_trackers("tensorboard")
         # Workers fork here. Freezing the heap first keeps the garbage collector from touching (and so
@@ -206,24 +196,24 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
 
         # ---- the loop: one iteration = one optimizer step over accumulate_grad_batches micro-batches
         start_step, stopped_early, val_metrics = step, False, {}
-        samples_per_step = cfg.data.batch_size * tc.accumulate_grad_batches * accelerator.num_processes
-        left = None if deadline is None else max(tc.max_minutes * 60 - (time.monotonic() - started), 1e-3)
-        progress = TrainBar(main, total_steps, step, left, tc.max_minutes)
+        samples_per_step = cfg.data.batch_size * training.accumulate_grad_batches * accelerator.num_processes
+        left = None if deadline is None else max(training.max_minutes * 60 - (time.monotonic() - started), 1e-3)
+        progress = TrainBar(main, total_steps, step, left, training.max_minutes)
         tick, tick_step = time.perf_counter(), step
         with progress:
             while step < total_steps:
                 loss, terms = train_step(accelerator, model, criterion, optimizer, scheduler,
-                                         itertools.islice(batches, tc.accumulate_grad_batches),
-                                         tc.gradient_clip_val, step_scheduler=not is_plateau(scheduler))
+                                         itertools.islice(batches, training.accumulate_grad_batches),
+                                         training.gradient_clip_val, step_scheduler=not is_plateau(scheduler))
                 step += 1
                 if ema is not None:
                     ema.update_parameters(raw_model)
                 # One reduction gives every process the same loss and the same verdict on the time limit.
-                late = float(deadline is not None and _clock() >= deadline)
-                loss_value, late = accelerator.reduce(torch.stack([loss.detach().float(),
-                                                                   loss.new_tensor(late, dtype=torch.float32)]),
-                                                      "mean").tolist()
-                out_of_time = late > 0
+                past_deadline = float(deadline is not None and _clock() >= deadline)
+                loss_value, past_deadline = accelerator.reduce(
+                    torch.stack([loss.detach().float(), loss.new_tensor(past_deadline, dtype=torch.float32)]), "mean"
+                ).tolist()
+                out_of_time = past_deadline > 0
                 if not math.isfinite(loss_value):
                     raise PytcError(_nan_message(loss_value, step, cfg, optimizer.param_groups[0]["lr"], precision,
                                                  ckpt.find_resume_checkpoint(run_dir)))
@@ -235,50 +225,53 @@ def fit(cfg: "PytcConfig", run_dir: Optional[Union[str, os.PathLike]] = None,
                     tick, tick_step = now, step
                     names = sorted(terms)  # loss terms averaged over processes, like the loss
                     values = accelerator.reduce(torch.stack([terms[k] for k in names]), "mean").tolist() if names else []
-                    _log(accelerator, run_dir, step, {"epoch": step / tc.iters_per_epoch, "loss": loss_value,
-                                                      **{f"loss/{k}": v for k, v in zip(names, values)},
-                                                      "lr": lr, "samples_per_s": rate})
+                    log_metrics(accelerator, run_dir, step, {
+                        "epoch": step / training.iters_per_epoch, "loss": loss_value,
+                        **{f"loss/{k}": v for k, v in zip(names, values)}, "lr": lr, "samples_per_s": rate,
+                    })
 
                 finished = step == total_steps or out_of_time
                 validated = False
-                if val_volumes and (step % tc.val_check_interval == 0 or finished):
+                if val_volumes and (step % training.val_check_interval == 0 or finished):
                     eval_model = ema.module if ema is not None else raw_model
                     preview = run_dir / "previews" / f"{ckpt.checkpoint_name(step)}.png" if main else None
                     val_metrics = validate(accelerator, eval_model, criterion, val_volumes, cfg, preview)
                     validated = True
-                    _log(accelerator, run_dir, step, val_metrics)
+                    log_metrics(accelerator, run_dir, step, val_metrics)
                     accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
                     if is_plateau(scheduler):
                         scheduler.step(val_metrics[cfg.checkpoint.monitor])
                     if cfg.early_stopping.enabled:
-                        stopped_early = _early_stop(es, val_metrics, cfg.early_stopping)
+                        stopped_early = _early_stop(early_stop_state, val_metrics, cfg.early_stopping)
                         if stopped_early:
                             accelerator.print(
                                 f"early stopping at step {step}: {cfg.early_stopping.monitor} has not improved "
-                                f"for {cfg.early_stopping.patience} validations (best {es['best']:.4f})"
+                                f"for {cfg.early_stopping.patience} validations "
+                                f"(best {early_stop_state['best']:.4f})"
                             )
 
                 # Save every n steps, at the end, and after a validation that enters the top k. Only
                 # the main process reads the folder and writes; the others wait on a condition they share.
-                cc = cfg.checkpoint
-                scheduled = step % cc.every_n_steps == 0 or finished or stopped_early
+                ckpt_cfg = cfg.checkpoint
+                scheduled = step % ckpt_cfg.every_n_steps == 0 or finished or stopped_early
                 if main and (scheduled or (validated and ckpt.would_enter_top_k(
-                        ckpt_dir, cc.monitor, cc.mode, cc.save_top_k, val_metrics[cc.monitor]))):
-                    _save(ckpt_dir, step, cfg, raw_model, ema, optimizer, scheduler, accelerator, es,
-                          {"loss": loss_value, **(val_metrics if validated else {})})
+                        ckpt_dir, ckpt_cfg.monitor, ckpt_cfg.mode, ckpt_cfg.save_top_k,
+                        val_metrics[ckpt_cfg.monitor]))):
+                    save_run_state(ckpt_dir, step, cfg, raw_model, ema, optimizer, scheduler, accelerator,
+                                   early_stop_state, {"loss": loss_value, **(val_metrics if validated else {})})
                 if scheduled or validated:
                     accelerator.wait_for_everyone()
                 if stopped_early:
                     break
                 if out_of_time:
                     if step < total_steps:  # the time limit, not the step limit, ended the run
-                        accelerator.print(f"stopped at step {step}: training.max_minutes={tc.max_minutes:g} reached "
-                                          "(`--resume auto` continues the run)")
+                        accelerator.print(f"stopped at step {step}: training.max_minutes={training.max_minutes:g} "
+                                          "reached (`--resume auto` continues the run)")
                     break
         accelerator.end_training()
 
-        return _summary(run_dir, step, start_step, val_metrics, stopped_early, step < total_steps and not stopped_early,
-                        main, raw_model)
+        return summary(run_dir, step, start_step, val_metrics, stopped_early, step < total_steps and not stopped_early,
+                       main, raw_model)
     finally:
         gc.unfreeze()  # let a later fit (or the caller) collect what this run left behind
         stack.close()
@@ -295,8 +288,6 @@ def train_step(accelerator: "Accelerator", model, criterion, optimizer, schedule
         ``(loss, terms)``: the detached mean loss over the micro-batches on this process and the
         mean of each logged loss term.
     """
-    import torch
-
     total, sums, n = None, {}, 0
     for batch in batches:
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
@@ -323,112 +314,11 @@ def train_step(accelerator: "Accelerator", model, criterion, optimizer, schedule
 # Helpers (private: fit reads top to bottom, these keep it short)
 
 
-def _resume_checkpoint(resume, run_dir: Path) -> Optional[Path]:
-    if resume is None:
-        return None
-    if str(resume) == "auto":
-        return ckpt.find_resume_checkpoint(run_dir)  # nothing yet: a fresh start, so `--resume auto` is idempotent
-    return ckpt.resolve_checkpoint(resume)
-
-
-RUN_LOCK = ".pytc-lock"  # inside the run folder: the folder's lock file (pytc.locks)
-RESOLVED_CONFIG = ckpt.RESOLVED_CONFIG
-
-
-def _config_destination(run_dir: Path, inputs) -> Path:
-    """Where the resolved config goes: ``RUN/config.yaml``, unless that file is an input of this run."""
-    inputs = [Path(os.fspath(f)) for f in inputs]
-    for name in (ckpt.CONFIG, RESOLVED_CONFIG):
-        if not any(_same_file(run_dir / name, f) for f in inputs):
-            return run_dir / name
-    raise OutputExistsError(f"{run_dir / ckpt.CONFIG} and {run_dir / RESOLVED_CONFIG} are both inputs of this run; "
-                            "choose another --run-dir")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return a.absolute() == b.absolute()
-
-
-@contextlib.contextmanager
-def _run_dir_lock(run_dir: Path, accelerator):
-    """Hold ``RUN/.pytc-lock`` for the run; a second process is refused at once, naming the holder.
-
-    Only the main process takes it (it alone writes the folder); when it is refused, every process
-    stops. A run folder this creates is removed again if the run ends before writing into it, so a
-    refused or failed start leaves nothing behind.
-    """
-    from accelerate.utils import broadcast_object_list
-
-    from pytc.locks import LockedError, exclusive
-
-    created = []
-    with contextlib.ExitStack() as stack:
-        refusal = None
-        if accelerator.is_main_process:
-            for folder in [*reversed(run_dir.absolute().parents), run_dir.absolute()]:
-                if not folder.exists():
-                    with disk_errors(folder):
-                        folder.mkdir()
-                    created.append(folder)
-            try:
-                stack.enter_context(exclusive(run_dir / RUN_LOCK, f"run folder {run_dir}"))
-            except LockedError as err:
-                refusal = str(err)
-        if accelerator.num_processes > 1:  # the others learn the main process's verdict
-            refusal = broadcast_object_list([refusal])[0]
-        try:
-            if refusal:
-                raise LockedError(refusal)
-            yield
-        finally:
-            stack.close()  # the lock file goes first, then the folders it was alone in
-            for folder in reversed(created):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-
-
-def _summary(run_dir: Path, step: int, start_step: int, metrics: dict, stopped_early: bool, out_of_time: bool,
-             main: bool, raw_model, already_finished: bool = False) -> dict:
-    """:func:`fit`'s return value (documented there)."""
-    best = run_dir / ckpt.CHECKPOINT_DIR / "best"
-    last = ckpt.find_resume_checkpoint(run_dir)
-    return {
-        "run_dir": str(run_dir),
-        "step": step,
-        "steps_this_run": step - start_step,
-        "best_checkpoint": str(ckpt.resolve_checkpoint(best)) if best.is_file() else None,
-        "last_checkpoint": str(last) if last else None,
-        "metrics": metrics,
-        "stopped_early": stopped_early,
-        "out_of_time": out_of_time,
-        "already_finished": already_finished,
-        "is_main_process": main,
-        "model": raw_model,
-    }
-
-
-def _step_limit(tc) -> str:
+def _step_limit(training) -> str:
     """How the config sets the number of steps, e.g. ``training.max_steps=20``."""
-    if tc.max_steps:
-        return f"training.max_steps={tc.max_steps}"
-    return f"training.max_epochs={tc.max_epochs} x training.iters_per_epoch={tc.iters_per_epoch}"
-
-
-def _last_validation(path: Path) -> dict:
-    """The last validation metrics logged in ``metrics.jsonl`` ({} when there are none)."""
-    found: dict = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short when a run was killed
-                continue
-            if any(k in row for k in VAL_METRICS):
-                found = {k: v for k, v in row.items() if k in VAL_METRICS}
-    return found
+    if training.max_steps:
+        return f"training.max_steps={training.max_steps}"
+    return f"training.max_epochs={training.max_epochs} x training.iters_per_epoch={training.iters_per_epoch}"
 
 
 def _nan_message(value: float, step: int, cfg, lr: float, precision: str, last: Optional[Path]) -> str:
@@ -443,102 +333,16 @@ def _nan_message(value: float, step: int, cfg, lr: float, precision: str, last: 
             + f" — last good checkpoint: {last if last else 'none saved yet'}")
 
 
-def _restore(path: Path, state: dict, cfg, raw_model, optimizer, scheduler, ema, accelerator) -> None:
-    """Load the weights of checkpoint ``path`` and its training ``state`` into the prepared objects."""
-    saved = ckpt.read_config(path)
-    for section, differs in (("model", saved.model != cfg.model),
-                             ("optimizer.name", saved.optimizer.name != cfg.optimizer.name),
-                             ("scheduler.name", saved.scheduler.name != cfg.scheduler.name)):
-        if differs:
-            raise CheckpointError(
-                f"cannot resume from {path}: it was trained with other {section} settings; resume with its "
-                "config.yaml (other settings may change) or start a new run directory"
-            )
-    raw_file = path / (ckpt.RAW_WEIGHTS if (path / ckpt.RAW_WEIGHTS).exists() else ckpt.WEIGHTS)
-    ckpt.load_into(raw_model, ckpt.load_weights(raw_file), path)
-    optimizer.load_state_dict(state["optimizer"])
-    sched_state = dict(state["scheduler"])
-    if "lr_lambdas" in sched_state:  # the schedule's shape comes from this config (e.g. a longer max_steps)
-        sched_state["lr_lambdas"] = [None] * len(sched_state["lr_lambdas"])
-    scheduler.load_state_dict(sched_state)
-    if accelerator.scaler is not None and state.get("scaler"):
-        accelerator.scaler.load_state_dict(state["scaler"])
-    if ema is not None:
-        if state.get("ema_n_averaged") is not None:
-            ckpt.load_into(ema.module, ckpt.load_weights(path / ckpt.WEIGHTS), path)
-            ema.n_averaged.copy_(state["ema_n_averaged"])
-        else:  # the run had no EMA before: start averaging from the resumed weights
-            ema.module.load_state_dict(raw_model.state_dict())
-            ema.n_averaged.zero_()
-
-
-def _save(ckpt_dir: Path, step: int, cfg, raw_model, ema, optimizer, scheduler, accelerator, es: dict,
-          metrics: dict) -> Path:
-    from pytc.config import default_run_dir, dump_config
-
-    training_state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-        "ema_n_averaged": ema.n_averaged.detach().cpu().clone() if ema is not None else None,
-        # Every process seeds alike and draws alike (dropout on equal shapes), so rank 0's RNG is everyone's.
-        "rng": ckpt.capture_rng_state(),
-        "early_stopping": dict(es),
-    }
-    cc = cfg.checkpoint
-    path = ckpt.save_checkpoint(
-        ckpt_dir, step,
-        weights=(ema.module if ema is not None else raw_model).state_dict(),
-        raw_weights=raw_model.state_dict() if ema is not None else None,
-        config_yaml=dump_config(cfg), training_state=training_state,
-        meta={"epoch": step / cfg.training.iters_per_epoch, "metrics": metrics, "monitor": cc.monitor,
-              "architecture": cfg.model.architecture, "ema": ema is not None},
-    )
-    ckpt.update_pointers_and_prune(ckpt_dir, cc.monitor, cc.mode, cc.save_top_k, cc.save_last)
-    return path
-
-
-def _early_stop(es: dict, metrics: dict, cfg) -> bool:
-    """Update the early-stopping counters in ``es``; return whether to stop."""
-    value = metrics[cfg.monitor]
-    best = es["best"]
-    improved = best is None or (value < best - cfg.min_delta if cfg.mode == "min" else value > best + cfg.min_delta)
+def _early_stop(state: dict, metrics: dict, early_stopping) -> bool:
+    """Update the early-stopping counters in ``state``; return whether to stop (``early_stopping``: its config)."""
+    value = metrics[early_stopping.monitor]
+    best, min_delta = state["best"], early_stopping.min_delta
+    improved = best is None or (value < best - min_delta if early_stopping.mode == "min" else value > best + min_delta)
     if improved:
-        es["best"], es["bad_validations"] = value, 0
+        state["best"], state["bad_validations"] = value, 0
     else:
-        es["bad_validations"] += 1
-    return es["bad_validations"] >= cfg.patience
-
-
-def _log(accelerator, run_dir: Path, step: int, values: dict) -> None:
-    """One JSON line in ``metrics.jsonl`` (main process) and the trackers (TensorBoard)."""
-    if accelerator.is_main_process:
-        with disk_errors(run_dir / "metrics.jsonl"), open(run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"step": step, **values}) + "\n")
-    if accelerator.trackers:
-        accelerator.log({k if k.startswith("val/") else f"train/{k}": v for k, v in values.items()}, step=step)
-
-
-def _truncate_metrics(path: Path, after: int) -> None:
-    """Drop log lines past step ``after`` (an interrupted run's tail that a resume will redo)."""
-    if not path.exists():
-        return
-
-    def keep(line: str) -> bool:
-        try:
-            return json.loads(line).get("step", 0) <= after
-        except json.JSONDecodeError:  # a line cut short when the run was killed
-            return False
-
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and keep(ln)]
-    _atomic_write(path, "".join(ln + "\n" for ln in lines))
-
-
-def _atomic_write(path: Path, data) -> None:
-    from pytc.io import write_atomic
-
-    write_atomic(path, data)
+        state["bad_validations"] += 1
+    return state["bad_validations"] >= early_stopping.patience
 
 
 def _tensorboard_available() -> bool:
