@@ -14,7 +14,7 @@ import torch
 
 from pytc.config import config_from_dict
 from pytc.data.dataset import PatchDataset, StepSampler, build_train_loader, load_val_volumes
-from pytc.data.volumes import VolumeStats, normalize_image, volume_stats
+from pytc.data.volumes import VolumeStats, normalization_stats, normalize_image, volume_stats
 from pytc.errors import ConfigError, DataError
 
 SHAPE = (24, 32, 32)
@@ -74,10 +74,14 @@ def test_normalize_modes():
     cast = u8.astype(np.float32)
     np.testing.assert_array_equal(normalize_image(cast, "unit", source_dtype=np.uint8), np.float32([0, 0.2, 1]))
     assert normalize_image(u8, "none").dtype == np.float32 and normalize_image(u8, "none").tolist() == [0, 51, 255]
-    z = normalize_image(u8, "zscore")
+    z = normalize_image(u8, "zscore", stats=normalization_stats(u8, "zscore"))
     assert abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-6
+    with pytest.raises(ValueError, match="needs the volume's statistics"):  # never a patch's own statistics
+        normalize_image(u8, "zscore")
+    assert normalization_stats(u8, "unit") is None
     assert normalize_image(u8, "zscore", stats=VolumeStats(51.0, 2.0)).tolist() == [-25.5, 0.0, 102.0]
-    assert normalize_image(np.full(4, 7, np.uint8), "zscore").tolist() == [0.0] * 4  # constant: no NaN
+    constant = np.full(4, 7, np.uint8)
+    assert normalize_image(constant, "zscore", stats=volume_stats(constant)).tolist() == [0.0] * 4  # no NaN
     with pytest.raises(ValueError, match="unknown normalisation"):
         normalize_image(u8, "minmax")
 

@@ -33,12 +33,12 @@ def normalize_image(
         x: raw voxels (any shape).
         mode: ``"unit"``: unsigned integers / dtype max (uint8 / 255, uint16 / 65535), signed
             integers mapped from their dtype range to [0, 1], floats passed through;
-            ``"zscore"``: ``(x - mean) / std`` with ``stats`` (computed from ``x`` when None —
-            pass the whole volume's :func:`normalization_stats` when ``x`` is a patch or a block);
+            ``"zscore"``: ``(x - mean) / std`` with ``stats``, always passed in (the whole volume's
+            :func:`normalization_stats`: a patch or block never normalises with its own);
             ``"none"``: cast only.
         source_dtype: dtype the values were stored as, when ``x`` was already cast (defaults to
             ``x.dtype``); "unit" scales by its range.
-        stats: volume statistics for "zscore".
+        stats: volume statistics for "zscore" (required there).
 
     Returns:
         float32 array of ``x``'s shape.
@@ -60,7 +60,9 @@ def normalize_image(
             out /= np.float32(float(info.max) - float(info.min))
         return out  # floats and bools are already in their working range
     if mode == "zscore":
-        mean, std = stats if stats is not None else volume_stats(x)
+        if stats is None:
+            raise ValueError("zscore normalisation needs the volume's statistics: pass stats=normalization_stats(...)")
+        mean, std = stats
         out -= np.float32(mean)
         out /= np.float32(std if std > 0 else 1.0)  # a constant volume stays 0, not NaN
         return out
