@@ -526,12 +526,22 @@ def _refuse_if_reached(monkeypatch, target: str, name: str) -> None:
 UNWRITABLE = {  # command -> (argv with OUT as the output path, the long work that must not start)
     "convert": (lambda s, out: ["convert", s["input"], out], ("pytc.io.blocks", "map_blocks")),
     "infer": (lambda s, out: ["infer", "--ckpt", s["ckpt"], "--input", s["input"], "--output", out],
-              ("pytc.engine.checkpoint", "load_checkpoint_for_inference")),
+              ("pytc.models", "build_model")),
     "train": (lambda s, out: ["train", s["cfg"], *TRAIN, "--run-dir", out], ("pytc.models", "build_model")),
     "evaluate --json": (lambda s, out: ["evaluate", s["input"], s["input"], "--json", out],
                         ("pytc.metrics", "evaluate_volumes")),
-    "decode": (lambda s, out: ["decode", s["input"], "--channels", "binary", "-o", out], ("pytc.decode", "decode")),
+    "decode": (lambda s, out: ["decode", s["input"], "--channels", "binary", "-o", out],
+               ("pytc.decode.volume", "decode_blockwise")),
 }
+
+
+@pytest.mark.parametrize("command", list(UNWRITABLE))
+def test_the_work_each_refusal_test_guards_is_reached_with_a_good_output(setups, tmp_path, monkeypatch, command):
+    """The guards above are live: with a writable output each command does reach its long work."""
+    make_argv, (module, function) = UNWRITABLE[command]
+    _refuse_if_reached(monkeypatch, module, function)
+    result = runner.invoke(app, [str(a) for a in make_argv(setups, tmp_path / "fine" / "out.zarr")])
+    assert isinstance(result.exception, AssertionError) and f"{module}.{function} ran" in str(result.exception)
 
 
 @pytest.fixture
