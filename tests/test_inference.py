@@ -577,3 +577,19 @@ def test_the_infer_command_imports_no_torch():
     code = "import sys, pytc.commands.infer; print(any(m in sys.modules for m in ('torch', 'monai', 'zarr')))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_inference_precision_is_its_own_key_defaulting_to_trainings(data):
+    from pytc.inference import BlockPredictor
+    from pytc.runtime import resolve_precision
+
+    cpu = torch.device("cpu")
+    trained = tiny_cfg("training.precision=bf16-mixed")
+    model = tiny_model(trained)
+    follows = BlockPredictor(model, data["image"], trained, cpu, stats=None)
+    assert follows.precision == resolve_precision("bf16-mixed", cpu)  # bf16 where the CPU has it natively, else 32
+    own = tiny_cfg("training.precision=bf16-mixed", "inference.precision=32")
+    assert BlockPredictor(model, data["image"], own, cpu, stats=None).precision == "32"
+    from pytc.config import inference_precision
+
+    assert (inference_precision(trained), inference_precision(own)) == ("bf16-mixed", "32")  # what the predictor asks for
