@@ -49,12 +49,15 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
             ``out.zarr/array`` or ``out.h5:dataset``. Attributes: see "Prediction stores" in
             docs/architecture.md.
         overrides: ``section.key=value`` strings applied on top of the checkpoint's config
-            (``inference.*``, ``system.*``, ``training.precision``, ...; not ``model.*``).
+            (``inference.*`` — ``inference.precision`` among them — ``system.*``, ...). ``model.*``
+            and a ``data.patch_size`` that would resize the network are refused, whether set here or
+            by a ``PYTC_`` variable: the checkpoint's weights fix the network.
         force: Replace an existing output.
         progress: Show a progress bar (rank 0, terminals only).
         resume: Reuse the finished blocks of an interrupted run with the same arguments (a partial
             store written with another input, checkpoint or config is refused); False discards them.
-        dtype: ``uint8``, ``float16`` or ``float32``; overrides ``inference.output_dtype``.
+        dtype: ``uint8``, ``float16`` or ``float32``: sets ``inference.output_dtype`` (recorded in
+            the store's ``pytc_config``).
 
     Returns:
         Summary: ``output, shape, dtype, channels, blocks, blocks_skipped`` (finished by an earlier
