@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pytc.demo import DEFAULT_MINUTES, DemoTask
+from pytc.choices import DEMO_MINUTES, DemoTask  # not pytc.demo: the CLI starts without importing it
 
 app = typer.Typer(
     invoke_without_command=True,  # `pytc demo` runs the demo; `pytc demo synth` is a sub-command
@@ -28,7 +28,7 @@ def demo(
     ] = DemoTask.mito,
     minutes: Annotated[
         float, typer.Option("--minutes", min=0.1, help="Training time budget; the whole demo takes ~15 s more.")
-    ] = DEFAULT_MINUTES,
+    ] = DEMO_MINUTES,
     steps: Annotated[
         Optional[int], typer.Option("--steps", min=1, help="Train exactly this many steps instead (reproducible).")
     ] = None,

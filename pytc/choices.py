@@ -60,6 +60,19 @@ class EvalTask(str, Enum):
     instance = "instance"
 
 
+class DemoTask(str, Enum):
+    """What ``pytc demo`` segments (shared by :func:`pytc.demo.run_demo` and ``pytc demo --task``)."""
+
+    mito = "mito"  # mitochondria: binary + contour → bc-watershed; IoU, Dice, AP, adapted Rand
+    neuron = "neuron"  # cells: affinities → waterz; adapted Rand, VOI
+
+
+# pytc demo's training budget, here beside DemoTask so that the CLI reads both without importing
+# pytc.demo at start-up. Measured on 2 CPU cores (docs/demo.md): 2.5 minutes of training reach a
+# foreground IoU near 0.9 and the whole demo stays under 5 minutes, with room for a slower CPU.
+DEMO_MINUTES = 2.5
+
+
 # waterz merge functions by the names DecodingConfig uses: the scores the waterz 0.10 wheel ships
 # compiled (pytc.decode.WATERZ_SCORES maps each to its C++ type).
 MERGE_QUANTILES = tuple(range(10, 100, 5))

@@ -9,10 +9,10 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+from pytc.choices import DEMO_MINUTES, DemoTask
 from pytc.demo.figure import write_figure
 from pytc.demo.synth_data import write_synth
 from pytc.errors import ConfigError, OutputExistsError
@@ -23,16 +23,7 @@ if TYPE_CHECKING:
 Report = Callable[[str], None]
 
 
-class DemoTask(str, Enum):
-    """What the demo segments (shared by :func:`run_demo` and ``pytc demo --task``)."""
-
-    mito = "mito"  # mitochondria: binary + contour → bc-watershed; IoU, Dice, AP, adapted Rand
-    neuron = "neuron"  # cells: affinities → waterz; adapted Rand, VOI
-
-
-# Default sizes, measured on 2 CPU cores (docs/demo.md): a 2.5-minute training budget reaches a
-# foreground IoU near 0.9 and the whole demo stays under 5 minutes, with room for a slower CPU.
-DEFAULT_MINUTES = 2.5
+DEFAULT_MINUTES = DEMO_MINUTES  # the training budget (pytc.choices: the CLI reads it from there)
 MAX_DEMO_STEPS = 100_000  # a step cap the time budget always reaches first
 TRAIN_SHAPE = (64, 192, 192)  # 2.4M voxels, 94 mitochondria: plenty for 32×64×64 patches
 TEST_SHAPE = (48, 160, 160)  # ~50 mitochondria to score; predicted in a few seconds
