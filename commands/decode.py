@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pytc.choices import DecodeMethod
+from pytc.choices import ChannelOrder, DecodeMethod
 from pytc.commands.convert import VOLUME_FORMS
 from pytc.errors import PytcError
 
@@ -33,7 +33,8 @@ def _sizes(text: Optional[str], option: str) -> Optional[list[int]]:
 
 def decode(
     pred: Annotated[
-        str, typer.Argument(metavar="PRED", help=f"Prediction from pytc infer: {VOLUME_FORMS}.", show_default=False)
+        str, typer.Argument(metavar="PRED", help=f"Prediction (pytc infer's, or float probabilities): {VOLUME_FORMS}.",
+                            show_default=False)
     ],
     output: Annotated[
         str, typer.Option("--output", "-o", metavar="SEG", help="Labels to write, same forms.", show_default=False)
@@ -87,6 +88,21 @@ def decode(
         typer.Option("--channels", metavar="KIND,KIND,...",
                      help="Channel kinds (binary, contour, affinity, distance) when PRED does not record them."),
     ] = None,
+    offsets: Annotated[
+        Optional[str],
+        typer.Option("--offsets", metavar="[[DZ,DY,DX],...]",
+                     help="affinity-waterz, mutex-watershed: one offset per affinity channel, in channel order, "
+                          "as a YAML/JSON list; replaces PRED's pytc_offsets (with a warning when they differ). "
+                          "Default: PRED's, else [[1,0,0],[0,1,0],[0,0,1]] for three affinity channels.",
+                     show_default=False),
+    ] = None,
+    channel_order: Annotated[
+        ChannelOrder,
+        typer.Option("--channel-order",
+                     help="Axis order of the offsets (given, stored or default): zyx = (dz, dy, dx); xyz = "
+                          "(dx, dy, dz), each triple reversed before decoding. The channels are not reordered: "
+                          "channel i keeps offset i, so xyz with the default offsets reads x, y, z channels."),
+    ] = ChannelOrder.zyx,
     force: Annotated[bool, typer.Option("--force", help="Replace SEG if it exists.")] = False,
 ) -> None:
     """Turn a prediction into instance labels (threshold, bc-watershed, waterz, mutex watershed).
@@ -101,8 +117,12 @@ def decode(
     flood (regions keep one id across borders). affinity-waterz and mutex-watershed agglomerate
     the whole volume in memory and refuse, before reading it, a volume whose estimated peak memory
     exceeds what is available.
+
+    A prediction written by other tools (no pytc_channels / pytc_offsets attributes) decodes with
+    --channels and, for affinities, --offsets (and --channel-order xyz when its offsets are (dx, dy, dz)),
+    e.g. --method affinity-waterz --channels affinity,affinity,affinity --offsets "[[1,0,0],[0,1,0],[0,0,1]]".
     """
-    from pytc.decode import decode_volume
+    from pytc.decode import decode_volume, parse_offsets
 
     given = {
         "threshold": threshold,
@@ -124,6 +144,8 @@ def decode(
         channels=channels.replace(" ", "").split(",") if channels else None,
         force=force,
         progress=True,
+        offsets=None if offsets is None else parse_offsets(offsets, "--offsets"),
+        channel_order=channel_order,
     )
     shape = "×".join(str(n) for n in summary["shape"])
     for out in summary["outputs"]:

@@ -53,6 +53,14 @@ class DecodeMethod(str, Enum):
     mutex_watershed = "mutex-watershed"
 
 
+class ChannelOrder(str, Enum):
+    """Axis order of a prediction's affinity offsets: pytc's (dz, dy, dx), or (dx, dy, dz) as some
+    upstream affinity predictions are stored (``pytc decode --channel-order``)."""
+
+    zyx = "zyx"
+    xyz = "xyz"
+
+
 class EvalTask(str, Enum):
     """Kind of evaluation."""
 

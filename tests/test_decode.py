@@ -216,8 +216,8 @@ def test_error_messages():
                     "prediction's affinity offsets are [[1, 0, 0], [0, 1, 0], [0, 0, 2]] (missing [[0, 0, 1]]); "
                     "use --method mutex-watershed"),
         (lambda: decode(np.zeros((4, 3, 3, 3), np.float32), "affinity-waterz", ["affinity"] * 4),
-         DataError, "the prediction has 4 affinity channels but no offsets; give their offsets "
-                    "(pytc infer stores them as pytc_offsets)"),
+         DataError, "the prediction has 4 affinity channels but no offsets; give their offsets with "
+                    "--offsets (pytc infer stores them as pytc_offsets)"),
         (lambda: decode(aff, "affinity-waterz", ["affinity"] * 3, [[0, 0, 0], [0, 1, 0], [0, 0, 1]]),
          DataError, "affinity offsets must be non-zero (dz, dy, dx) triples, got [[0, 0, 0], [0, 1, 0], [0, 0, 1]]"),
         (lambda: decode(bc, "threshold"),

@@ -2,7 +2,8 @@
 
 :func:`decode` turns probabilities ``(C, Z, Y, X)`` (any array-like: numpy, h5py, zarr, a
 :class:`~pytc.io.Volume`) into instance labels; :func:`decode_volume` does the same from a
-prediction store written by ``pytc infer`` to a label volume. The decoders
+prediction store to a label volume (a store written by ``pytc infer`` says its channel kinds and
+affinity offsets; for another, the caller gives them, :func:`parse_offsets` reading offsets from text). The decoders
 (:class:`~pytc.choices.DecodeMethod`), one module per family:
 
 * ``threshold`` (:mod:`~pytc.decode.threshold`) — the binary channel (or the only channel)
@@ -51,7 +52,8 @@ Example:
 from pytc.decode.affinity import WATERZ_SCORES
 from pytc.decode.dispatch import decode, decoding_params
 from pytc.decode.labels import CONNECTIVITY
-from pytc.decode.prediction import group_kinds
+from pytc.decode.prediction import group_kinds, parse_offsets
 from pytc.decode.volume import decode_volume
 
-__all__ = ["CONNECTIVITY", "WATERZ_SCORES", "decode", "decode_volume", "decoding_params", "group_kinds"]
+__all__ = ["CONNECTIVITY", "WATERZ_SCORES", "decode", "decode_volume", "decoding_params", "group_kinds",
+           "parse_offsets"]

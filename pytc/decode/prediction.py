@@ -3,8 +3,9 @@
 A prediction is ``(C, Z, Y, X)`` probabilities, or ``(Z, Y, X)`` for one channel, in any
 array-like (numpy, h5py, zarr, a :class:`~pytc.io.Volume`). Each channel has a kind
 (``binary``, ``contour``, ``affinity``, ``distance``: :func:`channel_kinds` checks them) and each
-affinity channel an offset (:func:`affinity_offsets`). :func:`read_channel` reads one channel,
-or a region of it, as a float32 array of the caller's own, checked to hold probabilities.
+affinity channel an offset (:func:`affinity_offsets`; :func:`parse_offsets` reads them from text).
+:func:`read_channel` reads one channel, or a region of it, as a float32 array of the caller's own,
+checked to hold probabilities.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import TYPE_CHECKING, Optional, Sequence, get_args
 
 import numpy as np
 
-from pytc.errors import DataError
+from pytc.choices import ChannelOrder
+from pytc.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from pytc.choices import DecodeMethod
 
 __all__ = [
     "affinity_offsets", "channel_kinds", "channels_of", "describe_kinds", "foreground_mask", "group_kinds",
-    "missing_channels", "read_channel", "spatial_shape",
+    "missing_channels", "parse_offsets", "read_channel", "spatial_shape",
 ]
 
 
@@ -85,9 +87,46 @@ def channel_kinds(pred, channels: Optional[Sequence[str]]) -> list[str]:
     return kinds
 
 
-def affinity_offsets(kinds: list[str], offsets, method: "DecodeMethod") -> list[tuple[int, ...]]:
+def parse_offsets(text: str, option: str = "--offsets") -> list[list[int]]:
+    """``'[[1,0,0],[0,1,0],[0,0,1]]'`` (a YAML or JSON list, read with ``yaml.safe_load``) → a list of
+    non-zero integer triples; which axis each entry is, and whether their count fits the
+    prediction, :func:`affinity_offsets` decides.
+
+    Raises:
+        ConfigError: Not a non-empty list of non-zero integer triples (the message names ``option``).
+    """
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    # type() is int: YAML's true/false are bools, not offsets.
+    if isinstance(value, list) and value and all(
+        isinstance(t, list) and len(t) == 3 and all(type(v) is int for v in t) and any(t) for t in value
+    ):
+        return [list(t) for t in value]
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    raise ConfigError(
+        f"{option} expects a list of non-zero integer triples, one per affinity channel, "
+        f"e.g. [[1,0,0],[0,1,0],[0,0,1]]; got {shown!r}"
+    )
+
+
+def affinity_offsets(kinds: list[str], offsets, method: "DecodeMethod",
+                     order: ChannelOrder | str = ChannelOrder.zyx) -> list[tuple[int, ...]]:
     """``(dz, dy, dx)`` of every affinity channel, in channel order, checked; ``None`` means the
-    default ``(1,0,0), (0,1,0), (0,0,1)`` when there are exactly three affinity channels."""
+    default ``(1,0,0), (0,1,0), (0,0,1)`` when there are exactly three affinity channels.
+
+    With ``order="xyz"`` the offsets (given or default) are read as ``(dx, dy, dz)`` and each triple
+    is reversed; the channels keep their order (channel i still goes with offset i), so the default
+    then means channels x, y, z.
+    """
+    try:
+        xyz = ChannelOrder(getattr(order, "value", order)) is ChannelOrder.xyz
+    except ValueError:
+        names = " or ".join(o.value for o in ChannelOrder)
+        raise ConfigError(f"unknown channel order {order!r}; choose {names}") from None
     count = kinds.count("affinity")
     if count == 0:
         raise missing_channels(method.value, "affinity channels", kinds)
@@ -96,8 +135,8 @@ def affinity_offsets(kinds: list[str], offsets, method: "DecodeMethod") -> list[
 
         if count != 3:
             raise DataError(
-                f"the prediction has {count} affinity channels but no offsets; give their offsets "
-                "(pytc infer stores them as pytc_offsets)"
+                f"the prediction has {count} affinity channels but no offsets; give their offsets with "
+                "--offsets (pytc infer stores them as pytc_offsets)"
             )
         offsets = TargetConfig.model_fields["offsets"].default
     try:
@@ -105,13 +144,14 @@ def affinity_offsets(kinds: list[str], offsets, method: "DecodeMethod") -> list[
     except (TypeError, ValueError):
         result = []
     if not result or any(len(offset) != 3 or not any(offset) for offset in result):
-        raise DataError(f"affinity offsets must be non-zero (dz, dy, dx) triples, got {offsets!r}")
+        axes = "dx, dy, dz" if xyz else "dz, dy, dx"
+        raise DataError(f"affinity offsets must be non-zero ({axes}) triples, got {offsets!r}")
     if len(result) != count:
         raise DataError(
             f"{len(result)} affinity offsets for {count} affinity channels ({describe_kinds(kinds)}); "
             "give one offset per affinity channel"
         )
-    return result
+    return [offset[::-1] for offset in result] if xyz else result
 
 
 def channels_of(kinds: Sequence[str], kind: str) -> list[int]:

@@ -1,7 +1,8 @@
 """:func:`decode_volume`: a prediction store written by ``pytc infer`` → label volume(s) on disk.
 
 It reads what the store's attributes say (channel kinds, affinity offsets, the uint8 scale, the
-``decoding`` section of the stored config), checks every output before decoding, then decodes
+``decoding`` section of the stored config) or what the caller gives for a store without them
+(channel kinds, affinity offsets and their axis order), checks every output before decoding, then decodes
 ``threshold`` and ``bc-watershed`` block by block straight into the output and the affinity
 decoders in memory (one output per waterz merge threshold).
 """
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pytc.choices import DecodeMethod
+from pytc.choices import ChannelOrder, DecodeMethod
 from pytc.decode.dispatch import BLOCKWISE, decode, decode_blockwise, decode_method, decoding_params
-from pytc.decode.prediction import channel_kinds
+from pytc.decode.prediction import affinity_offsets, channel_kinds
 from pytc.errors import ConfigError, DataError, OutputExistsError
 from pytc.progress import status_line
 
@@ -48,6 +49,8 @@ def decode_volume(
     channels: Optional[Sequence[str]] = None,
     force: bool = False,
     progress: bool = True,
+    offsets: Optional[Sequence[Sequence[int]]] = None,
+    channel_order: ChannelOrder | str = ChannelOrder.zyx,
 ) -> dict:
     """Decode a stored prediction into a label volume.
 
@@ -73,6 +76,13 @@ def decode_volume(
             prediction has several channels).
         force: Replace existing outputs.
         progress: Show the current step on a terminal.
+        offsets: The affinity channels' offsets, one triple per affinity channel in channel order
+            (the affinity decoders only); override ``pytc_offsets`` (a warning names both when
+            they differ). Neither: ``(1,0,0), (0,1,0), (0,0,1)`` for three affinity channels.
+        channel_order: ``zyx`` (pytc's own): each offset is ``(dz, dy, dx)``. ``xyz``: each offset
+            (given, stored or the default) is ``(dx, dy, dz)`` and is reversed before decoding;
+            the array is read as it is, channel i with offset i, so with the default offsets
+            the three affinity channels are taken as x, y, z.
 
     Returns:
         ``{"method", "params", "shape", "dtype", "seconds", "outputs": [{"path", "threshold",
@@ -99,6 +109,9 @@ def decode_volume(
         method = decode_method(cfg.method)
         if channels is None:
             channels = channel_kinds_attr(attrs)
+        if method not in BLOCKWISE:  # check the channels and offsets before any output is touched
+            channels = channel_kinds(vol, channels)
+            offsets = affinity_offsets(channels, _chosen_offsets(offsets, attrs, vol.spec), method, channel_order)
         scale = _scale(vol, attrs)
         spatial = tuple(vol.shape[1:] if vol.ndim == 4 else vol.shape)
         thresholds = sorted(set(cfg.merge_thresholds)) if method is DecodeMethod.affinity_waterz else [None]
@@ -127,7 +140,7 @@ def decode_volume(
         else:
             with status_line(progress) as step:
                 step(f"decoding {vol.spec} ({method.value})")
-                result = decode(pred, method, channels, _offsets_attr(attrs), **values)
+                result = decode(pred, method, channels, offsets, **values)
                 labels = result if isinstance(result, dict) else {thresholds[0]: result}
                 for threshold, spec in output_specs.items():
                     step(f"writing {spec}")
@@ -181,9 +194,27 @@ def _as_list(value) -> list:
     return list(value)
 
 
-def _offsets_attr(attrs: dict):
+def _chosen_offsets(given, attrs: dict, spec: str):
+    """The given offsets, else the store's ``pytc_offsets``, else None; warns when both differ."""
     value = attrs.get("pytc_offsets")
-    return None if value is None else _as_list(value)
+    stored = None if value is None else _as_list(value)
+    if given is None:
+        return stored
+    if stored is not None and _triples(stored) != _triples(given):
+        import warnings
+
+        shown = _triples(stored) or stored
+        warnings.warn(f"{spec}: decoding with the given offsets {_triples(given) or given} instead of its "
+                      f"pytc_offsets attribute {shown}", stacklevel=3)
+    return given
+
+
+def _triples(offsets) -> Optional[list[list[int]]]:
+    """Offsets as lists of ints for comparing and showing; None when they are not numbers."""
+    try:
+        return [[int(v) for v in offset] for offset in offsets]
+    except (TypeError, ValueError):
+        return None
 
 
 def _scale(vol, attrs: dict) -> float:
