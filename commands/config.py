@@ -22,7 +22,12 @@ def show(
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         # `pytc config show data.batch_size=4` means: defaults plus overrides.
         overrides, config = [config, *(overrides or [])], None
-    typer.echo(dump_config(load_config(config, overrides)), nl=False)
+    cfg = load_config(config, overrides)
+    typer.echo(dump_config(cfg), nl=False)
+    if cfg.model.architecture == "monai_dynunet":  # its levels are derived, so show them too
+        from pytc.models.dynunet import describe_plan
+
+        typer.echo(describe_plan(cfg.model), nl=False)
 
 
 @app.command("schema")

@@ -27,6 +27,7 @@ SMALL_INPUT = {
     "monai_unet": [16, 16, 16],
     "mednext": [16, 16, 32],
     "mednext_custom": [16, 16, 32],
+    "monai_dynunet": [16, 32, 32],  # at 40×4×4 nm: y/x halved three times, z once
 }
 
 

@@ -62,7 +62,7 @@ class ModelConfig(_Section):
         [32, 32, 64, 128, 256], min_length=2, description="Feature channels per level (U-Nets), coarsest last."
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
-    deep_supervision: bool = Field(False, description="Return multi-scale outputs (MedNeXt) and supervise each.")
+    deep_supervision: bool = Field(False, description="Return multi-scale outputs (MedNeXt, DynUNet) and supervise each.")
     deep_supervision_weights: Optional[list[float]] = Field(
         None, description="Relative loss weight per output scale, full resolution first, normalised to sum 1; null = 1, 1/2, 1/4, ..."
     )
@@ -83,6 +83,16 @@ class ModelConfig(_Section):
         description="mednext_custom: blocks per stage (4 encoder, bottleneck, 4 decoder).",
     )
     mednext_grn: bool = Field(False, description="mednext_custom: use Global Response Normalisation.")
+    voxel_size: Optional[list[float]] = Field(
+        None, min_length=2, max_length=3,
+        description="monai_dynunet: voxel size (Z, Y, X) in nm that plans strides and kernels; null = isotropic.",
+    )
+    kernel_size: Optional[list[list[int]]] = Field(
+        None, description="monai_dynunet: kernel per level, e.g. [[1, 3, 3], ...]; null = planned from voxel_size."
+    )
+    strides: Optional[list[list[int]]] = Field(
+        None, description="monai_dynunet: stride per level, the first all 1; null = planned from voxel_size."
+    )
     init_from: Optional[str] = Field(
         None, description="Checkpoint whose weights start training (fine-tuning); its model settings must match."
     )
@@ -98,6 +108,17 @@ class ModelConfig(_Section):
                 f"loss_weights has {len(self.loss_weights)} entries but loss_functions has "
                 f"{len(self.loss_functions)}; give one weight per loss"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _dynunet_levels(self) -> "ModelConfig":
+        if (self.kernel_size is None) != (self.strides is None):
+            raise ValueError("give both kernel_size and strides (one entry per level), or neither to plan them")
+        if self.strides is not None and len(self.strides) != len(self.kernel_size):
+            raise ValueError(f"kernel_size has {len(self.kernel_size)} levels but strides has {len(self.strides)}")
+        values = [v for levels in (self.kernel_size or [], self.strides or []) for level in levels for v in level]
+        if any(v < 1 for v in values) or any(v <= 0 for v in self.voxel_size or []):
+            raise ValueError("voxel_size, kernel_size and strides must be positive")
         return self
 
 

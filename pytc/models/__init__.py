@@ -10,7 +10,7 @@ Example:
     >>> net = build_model(load_config("configs/mednext_lucchi.yaml").model)  # doctest: +SKIP
 """
 
-from pytc.models import mednext, monai_nets  # noqa: F401  (importing registers their builders)
+from pytc.models import dynunet, mednext, monai_nets  # noqa: F401  (importing registers their builders)
 from pytc.models.registry import (
     Architecture,
     architecture_table,
