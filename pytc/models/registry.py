@@ -12,7 +12,8 @@ Output contract (every registered architecture honours it, ``tests/test_models.p
       spatial size of ``x``. Outputs are logits (no final activation); the loss/decoder applies one.
     * ``model.train()`` with ``deep_supervision=False``: the same single tensor.
     * ``model.train()`` with ``deep_supervision=True``: a ``list`` of tensors, full resolution first,
-      then each coarser scale at half the previous size (MedNeXt: 1, 1/2, 1/4, 1/8, 1/16).
+      then each coarser scale (MedNeXt: 1, 1/2, 1/4, 1/8, 1/16; DynUNet: its per-axis strides, e.g.
+      z kept while y/x are halved); the loss resizes the target to each.
     * ``deep_supervision=True`` on an architecture without multi-scale heads raises ``ModelError``.
 
 Example:
