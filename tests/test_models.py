@@ -24,7 +24,8 @@ from pytc.models import (
 from pytc.models.registry import geometry
 
 ALL = [
-    "mednext", "mednext_custom", "monai_basic_unet3d", "monai_dynunet", "monai_swin_unetr", "monai_unet", "monai_unetr"
+    "mednext", "mednext_custom", "monai_basic_unet3d", "monai_dynunet", "monai_swin_unetr", "monai_unet", "monai_unetr",
+    "rsunet",
 ]
 SMALL = 32  # a small cube every architecture but SwinUNETR accepts
 # SwinUNETR needs multiples of 32 and more than one voxel at 1/32 (instance norm), so not 32³.
@@ -44,7 +45,7 @@ def _forward(net: torch.nn.Module, shape: tuple[int, ...], train: bool = False):
         return net(torch.randn(*shape))
 
 
-def test_registry_lists_all_seven():
+def test_registry_lists_all_eight():
     assert list_architectures() == ALL
     assert list_architectures("mednext*") == ["mednext", "mednext_custom"]
     assert list_architectures("monai_*unetr") == ["monai_swin_unetr", "monai_unetr"]
@@ -199,7 +200,7 @@ def test_cli_list_archs_json_and_table():
 def test_importing_models_does_not_import_torch():
     code = (
         "import sys, pytc.models, pytc.commands.list_archs\n"
-        "assert len(pytc.models.list_architectures()) == 7\n"
+        "assert len(pytc.models.list_architectures()) == 8\n"
         "heavy = [m for m in ('torch', 'monai') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -185,3 +185,33 @@ def test_fit_trains_an_anisotropic_deep_supervised_dynunet(tmp_path):
     assert {"loss/scale0", "loss/scale1"} <= losses[0].keys()  # both outputs of 3 levels are supervised
     # patch 16x32x32 at 30x6x6 nm: y/x halved twice, z kept (30 > 2 * 6, then > 2 * 12).
     assert [list(s) for s in out["model"].strides] == [[1, 1, 1], [1, 2, 2], [1, 2, 2]]
+
+
+# --------------------------------------------------------------------------------------------
+# rsunet: upstream's name, mapped to a DynUNet with 1x2x2 down-sampling
+
+
+def test_rsunet_halves_only_y_and_x_with_flat_kernels_at_the_input():
+    from pytc.models.dynunet import rsunet_levels
+
+    cfg = PytcConfig.model_validate({"model": {"architecture": "rsunet", "filters": [8, 16, 32, 64, 128]},
+                                     "data": {"patch_size": [16, 128, 128]}}).model  # fmt: skip
+    kernels, strides, filters = rsunet_levels(cfg)
+    assert strides == [[1, 1, 1]] + [[1, 2, 2]] * 4  # z keeps all 16 sections at every level
+    assert kernels == [[1, 3, 3]] + [[3, 3, 3]] * 4 and filters == [8, 16, 32, 64, 128]
+    net = build_model(cfg).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 16, 128, 128)).shape == (1, 1, 16, 128, 128)
+    assert "rsunet" in list_architectures() and get_architecture("rsunet").deep_supervision
+
+
+def test_rsunet_refuses_a_patch_its_levels_cannot_halve_and_gives_heads_with_deep_supervision():
+    bad = PytcConfig.model_validate({"model": {"architecture": "rsunet", "filters": [4, 8, 16, 32]},
+                                     "data": {"patch_size": [8, 36, 36]}}).model  # fmt: skip
+    with pytest.raises(ModelError, match=r"rsunet: its \(1, 2, 2\) levels down-sample by \[1, 8, 8\].*use e\.g\. "
+                                          r"\[8, 32, 32\]"):
+        build_model(bad)
+    cfg = PytcConfig.model_validate({"model": {"architecture": "rsunet", "filters": [4, 8, 16, 32],
+                                               "deep_supervision": True}, "data": {"patch_size": [8, 32, 32]}}).model
+    outs = build_model(cfg).train()(torch.randn(1, 1, 8, 32, 32))
+    assert [tuple(o.shape[2:]) for o in outs] == [(8, 32, 32), (8, 16, 16), (8, 8, 8)]  # z never halved

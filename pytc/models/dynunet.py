@@ -108,23 +108,41 @@ def dynunet_levels(cfg: ModelConfig) -> tuple[list[list[int]], list[list[int]], 
         return kernels, strides, filters[: len(strides)]
 
     kernels, strides = [list(k) for k in cfg.kernel_size], [list(s) for s in cfg.strides]
+    return _checked("monai_dynunet", "model.strides", kernels, strides, filters, dims, size)
+
+
+def _checked(name: str, source: str, kernels: list[list[int]], strides: list[list[int]], filters: list[int],
+             dims: int, size: Sequence[int]) -> tuple[list[list[int]], list[list[int]], list[int]]:  # fmt: skip
+    """``(kernels, strides, filters)`` after checking they build a network for ``size``."""
     if any(len(level) != dims for level in kernels + strides):
-        raise ModelError(f"monai_dynunet: every model.kernel_size / model.strides entry needs {dims} values (one per axis)")
+        raise ModelError(f"{name}: every model.kernel_size / model.strides entry needs {dims} values (one per axis)")
     if len(strides) < _MIN_LEVELS or len(filters) != len(strides):
         raise ModelError(
-            f"monai_dynunet: model.strides has {len(strides)} levels and model.filters {len(filters)}; give one "
+            f"{name}: {source} has {len(strides)} levels and model.filters {len(filters)}; give one "
             f"filter count per level and at least {_MIN_LEVELS} levels"
         )
     if any(s != 1 for s in strides[0]):
-        raise ModelError(f"monai_dynunet: model.strides[0] must be all 1 (the output keeps the input size), got {strides[0]}")
+        raise ModelError(f"{name}: model.strides[0] must be all 1 (the output keeps the input size), got {strides[0]}")
     factor = [math.prod(level[a] for level in strides) for a in range(dims)]
     if any(n % f for n, f in zip(size, factor)) or math.prod(n // f for n, f in zip(size, factor)) <= 1:
         fixed = [max(2 * f, round(n / f) * f) for n, f in zip(size, factor)]
         raise ModelError(
-            f"monai_dynunet: model.strides down-sample by {factor} in total, so model.input_size (default "
+            f"{name}: {source} down-sample by {factor} in total, so model.input_size (default "
             f"data.patch_size) must be a multiple of that with more than one voxel left, got {size}; use e.g. {fixed}"
         )
     return kernels, strides, filters
+
+
+def rsunet_levels(cfg: ModelConfig) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """The levels of ``rsunet``: one per ``model.filters`` entry; every level after the first halves
+    y and x only (down-factors 1×2×2); 1×3×3 kernels at the input level, 3×3×3 below (2D: 2×2
+    strides and 3×3 kernels)."""
+    dims, size = geometry(cfg)
+    levels = len(cfg.filters)
+    down, first, kernel = ([1, 2, 2], [1, 3, 3], [3, 3, 3]) if dims == 3 else ([2, 2], [3, 3], [3, 3])
+    strides = [[1] * dims] + [list(down) for _ in range(levels - 1)]
+    kernels = [first] + [list(kernel) for _ in range(levels - 1)]
+    return _checked("rsunet", "its (1, 2, 2) levels", kernels, strides, list(cfg.filters), dims, size)
 
 
 def describe_plan(cfg: ModelConfig) -> str:
@@ -163,10 +181,32 @@ def build_dynunet(cfg: ModelConfig) -> torch.nn.Module:
     With ``deep_supervision`` every decoder level but the one just above the bottleneck gets a head,
     so a 5-level network returns 4 outputs (full, then each coarser decoder resolution).
     """
+    return _build(cfg, *dynunet_levels(cfg))
+
+
+@register_architecture(
+    "rsunet",
+    family="U-Net",
+    good_for="upstream's anisotropic EM name: DynUNet with 1x2x2 down-sampling",
+    uses=("filters", "dropout"),
+    deep_supervision=True,
+)
+def build_rsunet(cfg: ModelConfig) -> torch.nn.Module:
+    """Upstream PyTorch Connectomics' ``rsunet`` name, mapped to MONAI's ``DynUNet`` (not a copy of it).
+
+    Kept from the residual symmetric U-Net: y/x halved at every level while z keeps its sections
+    (down-factors 1×2×2), 1×3×3 convolutions at the input level and 3×3×3 below, residual encoder
+    blocks, one level per ``model.filters`` entry. Not kept: its additive skip connections and
+    bilinear up-sampling (DynUNet concatenates skips and up-samples with transposed convolutions),
+    so upstream rsunet weights do not load.
+    """
+    return _build(cfg, *rsunet_levels(cfg))
+
+
+def _build(cfg: ModelConfig, kernels: list[list[int]], strides: list[list[int]], filters: list[int]) -> torch.nn.Module:
     from monai.networks.nets import DynUNet
 
     dims, _ = geometry(cfg)
-    kernels, strides, filters = dynunet_levels(cfg)
     net = DynUNet(
         spatial_dims=dims,
         in_channels=cfg.in_channels,
