@@ -79,9 +79,8 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
     from pytc.choices import OutputDtype
     from pytc.config import load_config_with_sources
     from pytc.data.volumes import normalization_stats
-    from pytc.engine.checkpoint import CONFIG, WEIGHTS, load_into, load_weights, resolve_checkpoint
+    from pytc.engine.checkpoint import CONFIG, load_model, resolve_checkpoint
     from pytc.io import check_not_input, check_writable, create_volume, disk_errors, open_volume, output_exists, parse_spec
-    from pytc.models import build_model
     from pytc.runtime import Dist, setup_threads
 
     start = time.perf_counter()
@@ -102,8 +101,7 @@ def infer(ckpt: str | os.PathLike, input: str | os.PathLike, output: str | os.Pa
                           "and set inference.window_size for another window")
     if dtype is not None:
         cfg.inference = cfg.inference.model_copy(update={"output_dtype": OutputDtype(dtype)})
-    model = build_model(cfg.model)
-    load_into(model, load_weights(folder / WEIGHTS), folder)
+    model = load_model(folder, cfg.model)
     check_weights(model, folder)
     out_dtype = check_output_dtype(cfg.inference.output_dtype, cfg.data.targets)
     check_window_fits(cfg)

@@ -38,7 +38,8 @@ from pytc.engine.checkpoint.layout import (
     checkpoint_name, find_resume_checkpoint, is_complete, list_checkpoints, read_meta, resolve_checkpoint,
 )
 from pytc.engine.checkpoint.loading import (
-    load_checkpoint_for_inference, load_into, load_training_state, load_weights, open_for_resume, read_config,
+    load_checkpoint_for_inference, load_into, load_model, load_training_state, load_weights, open_for_resume,
+    read_config,
 )
 from pytc.engine.checkpoint.rng import capture_rng_state, restore_rng_state
 from pytc.engine.checkpoint.saving import (
@@ -50,7 +51,7 @@ from pytc.errors import CheckpointError  # re-exported: callers catch it as chec
 __all__ = [
     "CHECKPOINT_DIR", "CONFIG", "META", "POINTERS", "RAW_WEIGHTS", "RESOLVED_CONFIG", "STATE", "STATE_FORMAT",
     "WEIGHTS", "CheckpointError", "PathLike", "capture_rng_state", "checkpoint_name", "clean_stale",
-    "find_resume_checkpoint", "is_complete", "list_checkpoints", "load_checkpoint_for_inference", "load_into",
+    "find_resume_checkpoint", "is_complete", "list_checkpoints", "load_checkpoint_for_inference", "load_into", "load_model",
     "load_training_state", "load_weights", "open_for_resume", "rank_checkpoints", "read_config", "read_meta",
     "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "set_aside_after", "update_pointers_and_prune",
     "would_enter_top_k", "write_pointer",

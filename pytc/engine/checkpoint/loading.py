@@ -17,7 +17,7 @@ from pytc.errors import CheckpointError, ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from pytc.config import PytcConfig
+    from pytc.config import ModelConfig, PytcConfig
 
 
 def load_weights(path: PathLike) -> dict:
@@ -178,11 +178,21 @@ def load_checkpoint_for_inference(path: PathLike, device: "str | torch.device" =
     Raises:
         CheckpointError: missing/incomplete checkpoint or weights that do not fit the architecture.
     """
-    from pytc.models import build_model
-
     folder = resolve_checkpoint(path)
     cfg = read_config(folder)
-    model = build_model(cfg.model)
-    load_into(model, load_weights(folder / WEIGHTS), folder)
-    return cfg, model.to(device).eval()
+    return cfg, load_model(folder, cfg.model).to(device).eval()
+
+
+def load_model(folder: PathLike, model_cfg: "ModelConfig") -> "torch.nn.Module":
+    """The network ``model_cfg`` describes, with the weights of checkpoint folder ``folder``
+    (``model.safetensors``: EMA weights if the run kept an EMA), on the CPU, in training mode.
+
+    Raises:
+        CheckpointError: no weights, or weights that do not fit the architecture.
+    """
+    from pytc.models import build_model
+
+    model = build_model(model_cfg)
+    load_into(model, load_weights(Path(folder) / WEIGHTS), folder)
+    return model
 
