@@ -374,14 +374,10 @@ def test_schema_documents_every_key():
 
 
 def test_readme_config_reference_is_in_sync():
-    import importlib.util
+    from conftest import docs_script
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("update_readme", root / "docs" / "update_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text = (root / "README.md").read_text()
-    assert module.render(text) == text, "README config reference is stale: run `make docs`"
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert docs_script("update_readme").render(text) == text, "README config reference is stale: run `make docs`"
 
 
 def test_dumped_config_keeps_the_network_following_the_patch_size(tmp_path):

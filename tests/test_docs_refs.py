@@ -20,12 +20,9 @@ def test_every_test_named_in_reliability_md_exists():
 
 
 def _update_architecture():
-    import importlib.util
+    from conftest import docs_script
 
-    spec = importlib.util.spec_from_file_location("update_architecture", ROOT / "docs" / "update_architecture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return docs_script("update_architecture")
 
 
 def test_architecture_md_maps_every_module_of_the_tree():

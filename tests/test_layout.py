@@ -7,24 +7,12 @@ import ast
 import re
 from pathlib import Path
 
+from conftest import docs_script
+
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = {"pytc": ROOT / "pytc", "pytc.commands": ROOT / "commands"}  # the installed names (pyproject package-dir)
 MAX_LINES = 450
-
-
-def _modules() -> dict[str, Path]:
-    """Every module of the installed package, by dotted name (``pkg`` for ``pkg/__init__.py``)."""
-    found = {}
-    for prefix, folder in SOURCES.items():
-        for path in sorted(folder.rglob("*.py")):
-            parts = list(path.relative_to(folder).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join([prefix, *parts])] = path
-    return found
-
-
-MODULES = _modules()
+# Every module of the installed package, by dotted name: the same walk that maps docs/architecture.md.
+MODULES = docs_script("update_architecture").modules()
 PACKAGES = {name for name, path in MODULES.items() if path.name == "__init__.py"}
 
 
